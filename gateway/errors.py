@@ -1,0 +1,73 @@
+"""Errors the gateway answers a client with, each carrying its OTLP/HTTP status and gRPC code.
+
+Ingress modules translate these into their protocol's shape at the boundary; nothing below the
+ingress knows about HTTP responses or trailers.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class GrpcCode(IntEnum):
+    OK = 0
+    CANCELLED = 1
+    UNKNOWN = 2
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    UNAUTHENTICATED = 16
+
+
+class GatewayError(Exception):
+    http_status = 500
+    grpc_code = GrpcCode.INTERNAL
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+
+class InvalidRequest(GatewayError):
+    http_status = 400
+    grpc_code = GrpcCode.INVALID_ARGUMENT
+
+
+class RequestTooLarge(GatewayError):
+    http_status = 413
+    grpc_code = GrpcCode.RESOURCE_EXHAUSTED  # without RetryInfo: clients do not retry
+
+
+class UnsupportedMediaType(GatewayError):
+    http_status = 415
+    grpc_code = GrpcCode.INVALID_ARGUMENT
+
+
+class Unauthenticated(GatewayError):
+    http_status = 401
+    grpc_code = GrpcCode.UNAUTHENTICATED
+
+
+class PermissionDenied(GatewayError):
+    http_status = 403
+    grpc_code = GrpcCode.PERMISSION_DENIED
+
+
+class Throttled(GatewayError):
+    """Retryable overload: 429 + Retry-After / RESOURCE_EXHAUSTED + RetryInfo."""
+
+    http_status = 429
+    grpc_code = GrpcCode.RESOURCE_EXHAUSTED
+
+
+class Unavailable(GatewayError):
+    """Retryable: the gateway cannot take data right now (e.g. shutting down)."""
+
+    http_status = 503
+    grpc_code = GrpcCode.UNAVAILABLE

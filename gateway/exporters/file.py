@@ -1,0 +1,66 @@
+"""The `file` backend: OTLP/JSON lines, one file per signal, rotated by size.
+
+`<path>/<signal>.jsonl` is the file being written; when it passes `rotate_bytes` it is renamed to
+`<signal>-<UTC time>.jsonl` and at most `max_files` rotated files are kept per signal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import IO
+
+from .. import otlpjson
+from ..batch import Batch
+from ..config import BackendConfig
+from .base import ExportError
+
+
+class FileExporter:
+    def __init__(self, config: BackendConfig) -> None:
+        self._dir = Path(config.path)
+        self._rotate_bytes = config.rotate_bytes
+        self._max_files = config.max_files
+        self._files: dict[str, IO[bytes]] = {}
+        self._lock = asyncio.Lock()
+
+    async def export(self, batch: Batch) -> None:
+        line = otlpjson.proto_to_json(batch.signal, batch.payload) + b"\n"
+        async with self._lock:  # one writer per file keeps lines whole
+            try:
+                await asyncio.to_thread(self._write, batch.signal.name, line)
+            except OSError as exc:
+                raise ExportError(f"cannot write to {self._dir}: {exc}", retryable=True) from exc
+
+    def _write(self, signal: str, line: bytes) -> None:
+        f = self._files.get(signal)
+        if f is None:
+            self._dir.mkdir(parents=True, exist_ok=True)
+            f = self._files[signal] = open(self._dir / f"{signal}.jsonl", "ab")  # noqa: SIM115
+        f.write(line)
+        f.flush()
+        if f.tell() >= self._rotate_bytes:
+            f.close()
+            del self._files[signal]
+            self._rotate(signal)
+
+    def _rotate(self, signal: str) -> None:
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        current = self._dir / f"{signal}.jsonl"
+        target = self._dir / f"{signal}-{stamp}.jsonl"
+        n = 1
+        while target.exists():
+            target = self._dir / f"{signal}-{stamp}.{n}.jsonl"
+            n += 1
+        os.replace(current, target)
+        rotated = sorted(self._dir.glob(f"{signal}-*.jsonl"), key=lambda p: p.stat().st_mtime)
+        for old in rotated[: max(0, len(rotated) - self._max_files)]:
+            old.unlink(missing_ok=True)
+
+    async def aclose(self) -> None:
+        async with self._lock:
+            for f in self._files.values():
+                f.close()
+            self._files.clear()

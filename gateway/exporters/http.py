@@ -1,0 +1,109 @@
+"""OTLP/HTTP exporter (http/protobuf and http/json) over httpx."""
+
+from __future__ import annotations
+
+import logging
+import zlib
+
+import httpx
+from google.protobuf.message import DecodeError
+
+from .. import otlpjson
+from ..batch import Batch
+from ..config import BackendConfig
+from ..signals import SIGNALS
+from .base import ExportError, parse_retry_after, render_headers
+
+log = logging.getLogger("otlp_gateway.export")
+
+# OTLP/HTTP: only these are retryable; every other failure status is permanent.
+_RETRYABLE = frozenset({429, 502, 503, 504})
+
+
+def gzip_compress(data: bytes, level: int) -> bytes:
+    c = zlib.compressobj(level, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    return c.compress(data) + c.flush()
+
+
+class HTTPExporter:
+    def __init__(self, config: BackendConfig) -> None:
+        self._config = config
+        self._json = config.protocol == "http/json"
+        base = config.endpoint.rstrip("/")
+        self._urls = {s.name: base + s.http_path for s in SIGNALS}
+        verify: bool | str = True
+        if config.tls.insecure:
+            verify = False
+        elif config.tls.ca_file:
+            verify = config.tls.ca_file
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(config.timeout),
+            verify=verify,
+            limits=httpx.Limits(max_connections=config.concurrency * 2),
+        )
+        self._content_type = "application/json" if self._json else "application/x-protobuf"
+
+    async def export(self, batch: Batch) -> None:
+        body = batch.payload
+        if self._json:
+            body = otlpjson.proto_to_json(batch.signal, body)
+        headers = render_headers(self._config.headers, batch.tenant)
+        headers["content-type"] = self._content_type
+        if self._config.compression == "gzip":
+            body = gzip_compress(body, self._config.compression_level)
+            headers["content-encoding"] = "gzip"
+        url = self._urls[batch.signal.name]
+        try:
+            response = await self._client.post(url, content=body, headers=headers)
+        except httpx.TimeoutException as exc:
+            raise ExportError(
+                f"timed out after {self._config.timeout}s: {exc!r}", retryable=True
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise ExportError(f"could not reach {url}: {exc!r}", retryable=True) from exc
+        status = response.status_code
+        if 200 <= status < 300:
+            self._log_partial_success(batch, response)
+            return
+        detail = response.text[:200].replace("\n", " ")
+        message = f"{url} answered {status}: {detail}"
+        if status in _RETRYABLE:
+            retry_after = parse_retry_after(response.headers.get("retry-after"))
+            raise ExportError(message, retryable=True, retry_after=retry_after)
+        raise ExportError(message, retryable=False)
+
+    def _log_partial_success(self, batch: Batch, response: httpx.Response) -> None:
+        if not response.content:
+            return
+        try:
+            if "json" in response.headers.get("content-type", ""):
+                parsed = response.json().get("partialSuccess") or {}
+                rejected = next((int(v) for k, v in parsed.items() if k.startswith("rejected")), 0)
+                message = str(parsed.get("errorMessage", ""))
+            else:
+                res = batch.signal.response_type.FromString(response.content)
+                if not res.HasField("partial_success"):
+                    return
+                ps = res.partial_success  # type: ignore[attr-defined]
+                rejected = next(
+                    (
+                        getattr(ps, f.name)
+                        for f in ps.DESCRIPTOR.fields
+                        if f.name.startswith("rejected")
+                    ),
+                    0,
+                )
+                message = ps.error_message
+        except (ValueError, DecodeError, AttributeError):
+            return
+        if rejected or message:
+            log.warning(
+                "backend %s partially rejected a %s batch: %s rejected: %s",
+                self._config.name,
+                batch.signal.name,
+                rejected,
+                message,
+            )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

@@ -1,0 +1,134 @@
+"""OTLP/HTTP: POST /v1/{traces,metrics,logs} with protobuf or JSON bodies, plain or compressed.
+
+A pure ASGI app per signal. The body is read with a byte cap, decompressed with a cap on what it
+inflates to, validated by a wire walk (protobuf) or parsed (JSON), and handed to the intake as
+protobuf bytes. Errors are google.rpc.Status bodies in the request's content type.
+"""
+
+from __future__ import annotations
+
+import json
+
+from google.rpc import status_pb2
+from starlette.types import Receive, Scope, Send
+
+from . import limits, otlpjson, wire
+from .errors import GatewayError, InvalidRequest, RequestTooLarge, UnsupportedMediaType
+from .intake import Intake
+from .signals import Signal
+
+PROTOBUF = "application/x-protobuf"
+JSON = "application/json"
+_PROTOBUF_TYPES = frozenset({PROTOBUF, "application/protobuf"})
+
+
+class _MethodNotAllowed(GatewayError):
+    http_status = 405
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+
+
+async def _read_body(receive: Receive, cap: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise InvalidRequest("the client went away before sending the whole body")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > cap:
+            raise RequestTooLarge(limits.too_large_message("the request body", cap))
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _status_body(error: GatewayError, as_json: bool) -> bytes:
+    if as_json:
+        return json.dumps({"code": int(error.grpc_code), "message": error.message}).encode()
+    status = status_pb2.Status(code=int(error.grpc_code), message=error.message)
+    return bytes(status.SerializeToString())
+
+
+class OTLPHTTPEndpoint:
+    def __init__(self, signal: Signal, intake: Intake, limits_: limits.Limits) -> None:
+        self.signal = signal
+        self._intake = intake
+        self._limits = limits_
+        self._empty = signal.response_type().SerializeToString()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = _headers(scope)
+        media_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        as_json = media_type == JSON
+        try:
+            body = await self._handle(scope, headers, media_type, receive)
+        except GatewayError as error:
+            await self._respond(
+                send, error.http_status, as_json, _status_body(error, as_json), error
+            )
+            return
+        await self._respond(send, 200, as_json, body, None)
+
+    async def _handle(
+        self, scope: Scope, headers: dict[str, str], media_type: str, receive: Receive
+    ) -> bytes:
+        if scope["method"] != "POST":
+            raise _MethodNotAllowed(
+                f"{scope['method']} is not allowed on {self.signal.http_path}; use POST"
+            )
+        if media_type not in _PROTOBUF_TYPES and media_type != JSON:
+            raise UnsupportedMediaType(
+                f"content-type {media_type or '(none)'!r} is not supported; "
+                f"send {PROTOBUF} or {JSON}"
+            )
+        tenant = self._intake.auth.authenticate(headers)
+        cap = self._limits.max_body_bytes
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) > cap:
+            raise RequestTooLarge(limits.too_large_message("the request body", cap))
+        raw = await _read_body(receive, cap)
+        encoding = headers.get("content-encoding", "")
+        try:
+            data = limits.decompress(encoding, raw, self._limits.max_request_bytes)
+        except limits.TooLarge as exc:
+            raise RequestTooLarge(str(exc)) from None
+        except limits.UnknownEncoding:
+            raise UnsupportedMediaType(
+                f"content-encoding {encoding!r} is not supported; use one of "
+                f"{', '.join(limits.accepted_encodings())} or none"
+            ) from None
+        except limits.BadEncoding as exc:
+            raise InvalidRequest(f"the body is not valid {encoding}: {exc}") from None
+        if media_type == JSON:
+            try:
+                data = otlpjson.json_to_proto(self.signal, data)
+            except otlpjson.OTLPJSONError as exc:
+                raise InvalidRequest(str(exc)) from None
+        try:
+            items = wire.count_items(self.signal, data)
+        except wire.WireError as exc:
+            raise InvalidRequest(
+                f"the body is not a valid protobuf Export{self.signal.name.capitalize()}"
+                f"ServiceRequest ({exc})"
+            ) from None
+        self._intake.accept(self.signal, data, items, tenant)
+        return b"{}" if media_type == JSON else self._empty
+
+    async def _respond(
+        self, send: Send, status: int, as_json: bool, body: bytes, error: GatewayError | None
+    ) -> None:
+        headers = [
+            (b"content-type", (JSON if as_json else PROTOBUF).encode()),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        if error is not None:
+            if isinstance(error, _MethodNotAllowed):
+                headers.append((b"allow", b"POST"))
+            if error.retry_after is not None:
+                headers.append((b"retry-after", str(max(1, round(error.retry_after))).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,122 @@
+"""Request size limits, enforced before anything is decoded: a cap on the bytes read off the wire
+and a cap on the bytes produced while decompressing (so a small gzip bomb cannot inflate)."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024  # after decompression
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024  # on the wire, before decompression
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+
+
+class TooLarge(Exception):
+    """A body or its decompressed content is over the configured cap."""
+
+
+class BadEncoding(Exception):
+    """The body could not be decompressed with the encoding the client named."""
+
+
+class UnknownEncoding(Exception):
+    """The client named a content encoding this gateway does not accept."""
+
+
+def too_large_message(what: str, cap: int) -> str:
+    return (
+        f"{what} is larger than the limit of {cap} bytes; send smaller batches "
+        f"(for example lower the SDK's max export batch size)"
+    )
+
+
+def _inflate(data: bytes, cap: int, wbits: int) -> bytes:
+    """Inflate zlib/gzip/raw-deflate data (several gzip members in a row included), refusing
+    output beyond `cap` as it is produced rather than after."""
+    out: list[bytes] = []
+    produced = 0
+    rest = data
+    while rest:
+        d = zlib.decompressobj(wbits)
+        try:
+            chunk = d.decompress(rest, cap + 1 - produced)
+        except zlib.error as exc:
+            raise BadEncoding(str(exc)) from None
+        produced += len(chunk)
+        out.append(chunk)
+        if produced > cap or d.unconsumed_tail:
+            raise TooLarge(too_large_message("the decompressed request", cap))
+        if not d.eof:
+            raise BadEncoding("compressed data is truncated")
+        rest = d.unused_data if wbits > 16 else b""
+        # Trailing zero padding after a gzip member is tolerated, as gzip(1) does.
+        if rest and not rest.strip(b"\x00"):
+            break
+    return b"".join(out)
+
+
+def _gunzip(data: bytes, cap: int) -> bytes:
+    return _inflate(data, cap, 16 + zlib.MAX_WBITS)
+
+
+def _inflate_deflate(data: bytes, cap: int) -> bytes:
+    # HTTP "deflate" is zlib-wrapped; some clients send raw deflate.
+    try:
+        return _inflate(data, cap, zlib.MAX_WBITS)
+    except BadEncoding:
+        return _inflate(data, cap, -zlib.MAX_WBITS)
+
+
+def _unzstd(data: bytes, cap: int) -> bytes:
+    try:
+        import zstandard
+    except ImportError:  # optional: only when the zstandard package is installed
+        raise UnknownEncoding("zstd") from None
+    reader = zstandard.ZstdDecompressor().stream_reader(data)
+    try:
+        out = reader.read(cap + 1)
+    except zstandard.ZstdError as exc:
+        raise BadEncoding(str(exc)) from None
+    if len(out) > cap:
+        raise TooLarge(too_large_message("the decompressed request", cap))
+    return bytes(out)
+
+
+_DECODERS: dict[str, Callable[[bytes, int], bytes]] = {
+    "gzip": _gunzip,
+    "x-gzip": _gunzip,
+    "deflate": _inflate_deflate,
+    "zstd": _unzstd,
+}
+
+
+def decompress(encoding: str, data: bytes, cap: int) -> bytes:
+    """Decompress `data` sent with Content-Encoding `encoding`, producing at most `cap` bytes."""
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        if len(data) > cap:
+            raise TooLarge(too_large_message("the request", cap))
+        return data
+    decoder = _DECODERS.get(encoding)
+    if decoder is None:
+        raise UnknownEncoding(encoding)
+    if not data:
+        return b""
+    return decoder(data, cap)
+
+
+def accepted_encodings() -> list[str]:
+    names = ["gzip", "deflate"]
+    try:
+        import zstandard  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        names.append("zstd")
+    return names

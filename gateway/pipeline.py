@@ -1,0 +1,196 @@
+"""Routing and delivery: every batch goes to each of its destinations' queues; each destination
+has its own queue, workers and retry, so one slow or failing backend never holds back another.
+
+Per destination: queue -> retry -> timeout -> send (the exporter does the sending and its own
+timeout). A batch is accepted only when every destination has room for it; otherwise the client is
+told to come back later (429 / RESOURCE_EXHAUSTED with a retry delay) and nothing is enqueued, so a
+client's retry does not duplicate data into the destinations that did have room.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Iterable, Mapping
+
+from .batch import Batch
+from .config import RetryConfig
+from .errors import Throttled, Unavailable
+from .exporters import Exporter, ExportError
+
+log = logging.getLogger("otlp_gateway.pipeline")
+
+# What a client is told to wait when a destination queue is full.
+FULL_QUEUE_RETRY_AFTER = 1.0
+
+
+class Destination:
+    """One backend's queue and delivery workers."""
+
+    def __init__(
+        self,
+        name: str,
+        exporter: Exporter,
+        *,
+        max_bytes: int,
+        concurrency: int,
+        retry: RetryConfig,
+    ) -> None:
+        self.name = name
+        self._exporter = exporter
+        self._max_bytes = max_bytes
+        self._concurrency = concurrency
+        self._retry = retry
+        self._queue: asyncio.Queue[Batch | None] = asyncio.Queue()
+        self._queued_bytes = 0  # queued and in delivery
+        self._workers: list[asyncio.Task[None]] = []
+        self.delivered_items = 0
+        self.dropped_items = 0
+        self.last_error: str | None = None
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._queued_bytes
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    def has_room(self, size: int) -> bool:
+        # An empty queue takes any batch, so one batch larger than max_bytes is not refused forever.
+        return self._queued_bytes == 0 or self._queued_bytes + size <= self._max_bytes
+
+    def put(self, batch: Batch) -> None:
+        self._queued_bytes += len(batch.payload)
+        self._queue.put_nowait(batch)
+
+    def start(self) -> None:
+        self._workers = [
+            asyncio.create_task(self._work(), name=f"export-{self.name}-{i}")
+            for i in range(self._concurrency)
+        ]
+
+    async def _work(self) -> None:
+        while (batch := await self._queue.get()) is not None:
+            try:
+                await self._deliver(batch)
+            finally:
+                self._queued_bytes -= len(batch.payload)
+
+    async def _deliver(self, batch: Batch) -> None:
+        started = time.monotonic()
+        delay = self._retry.initial_interval
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await self._exporter.export(batch)
+            except ExportError as exc:
+                self.last_error = str(exc)
+                elapsed = time.monotonic() - started
+                if not exc.retryable:
+                    self._drop(batch, f"permanent error: {exc}")
+                    return
+                wait = (
+                    exc.retry_after
+                    if exc.retry_after is not None
+                    else delay * random.uniform(0.5, 1.5)
+                )
+                if elapsed + wait > self._retry.max_elapsed:
+                    self._drop(batch, f"gave up after {attempt} attempts in {elapsed:.0f}s: {exc}")
+                    return
+                log.info(
+                    "backend %s: attempt %d for %d %s failed, retrying in %.1fs: %s",
+                    self.name,
+                    attempt,
+                    batch.items,
+                    batch.signal.item_name,
+                    wait,
+                    exc,
+                )
+                await asyncio.sleep(wait)
+                delay = min(delay * 2, self._retry.max_interval)
+            except Exception as exc:  # an exporter bug must not kill the worker
+                log.exception("backend %s: unexpected export failure", self.name)
+                self._drop(batch, f"unexpected error: {exc!r}")
+                return
+            else:
+                self.delivered_items += batch.items
+                self.last_error = None
+                return
+
+    def _drop(self, batch: Batch, reason: str) -> None:
+        self.dropped_items += batch.items
+        log.error(
+            "backend %s: dropped %d %s of tenant %s: %s",
+            self.name,
+            batch.items,
+            batch.signal.item_name,
+            batch.tenant,
+            reason,
+        )
+
+    async def drain(self, deadline: float) -> None:
+        """Stop taking new work once the queue is empty, deliver what is queued until `deadline`
+        (a loop.time() value), then cancel what is left."""
+        for _ in self._workers:
+            self._queue.put_nowait(None)  # each worker stops when it reaches one
+        timeout = max(0.0, deadline - asyncio.get_running_loop().time())
+        if self._workers:
+            _, pending = await asyncio.wait(self._workers, timeout=timeout)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        left = 0
+        while not self._queue.empty():
+            batch = self._queue.get_nowait()
+            left += batch.items if batch else 0
+        if left:
+            log.error("backend %s: %d items still queued at shutdown were lost", self.name, left)
+        await self._exporter.aclose()
+
+
+class Pipeline:
+    """Routes accepted batches to the destinations configured for them."""
+
+    def __init__(
+        self, destinations: Mapping[str, Destination], service_backends: Iterable[str]
+    ) -> None:
+        self.destinations = dict(destinations)
+        self._service = tuple(self.destinations[name] for name in service_backends)
+        self._accepting = False
+
+    async def start(self) -> None:
+        for d in self.destinations.values():
+            d.start()
+        self._accepting = True
+
+    def routes(self, batch: Batch) -> tuple[Destination, ...]:
+        return self._service
+
+    def submit(self, batch: Batch) -> None:
+        """Accept a batch for delivery, or raise Throttled/Unavailable (retryable)."""
+        if not self._accepting:
+            raise Unavailable(
+                "the gateway is shutting down; retry against another replica", retry_after=1.0
+            )
+        if batch.items == 0:
+            return
+        targets = self.routes(batch)
+        size = len(batch.payload)
+        for d in targets:
+            if not d.has_room(size):
+                raise Throttled(
+                    f"the queue for backend {d.name} is full; retry after "
+                    f"{FULL_QUEUE_RETRY_AFTER:.0f}s",
+                    retry_after=FULL_QUEUE_RETRY_AFTER,
+                )
+        for d in targets:
+            d.put(batch)
+
+    async def shutdown(self, timeout: float) -> None:
+        self._accepting = False
+        deadline = asyncio.get_running_loop().time() + timeout
+        await asyncio.gather(*(d.drain(deadline) for d in self.destinations.values()))

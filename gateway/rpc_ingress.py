@@ -1,0 +1,247 @@
+"""OTLP/gRPC, gRPC-web and Connect (unary, proto and JSON), served by connect-python.
+
+Binary bodies are never decoded: the endpoints' input type is a small class whose
+`ParseFromString` keeps the bytes and runs the wire walk (validation + item count). Connect and
+gRPC with the JSON codec (canonical protobuf JSON, base64 ids) are decoded by our JSON codec, which
+turns the JSON into protobuf bytes and refuses bad JSON with INVALID_ARGUMENT (connect-python's own
+lets a parse error surface as UNKNOWN, an HTTP 500).
+
+Limits: the bytes read off the wire are counted as they arrive, and the only decompressor offered
+to connect-python is a bounded one (its own gzip inflates without a limit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any
+
+from connectrpc.code import Code
+from connectrpc.compression import Compression
+from connectrpc.errors import ConnectError
+from connectrpc.request import RequestContext
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2
+from starlette.types import Message as ASGIMessage
+from starlette.types import Receive, Scope, Send
+
+from . import limits, wire
+from ._gen.opentelemetry.proto.collector.logs.v1.logs_service_connect import (
+    LogsServiceASGIApplication,
+)
+from ._gen.opentelemetry.proto.collector.metrics.v1.metrics_service_connect import (
+    MetricsServiceASGIApplication,
+)
+from ._gen.opentelemetry.proto.collector.profiles.v1development.profiles_service_connect import (
+    ProfilesServiceASGIApplication,
+)
+from ._gen.opentelemetry.proto.collector.trace.v1.trace_service_connect import (
+    TraceServiceASGIApplication,
+)
+from .errors import GatewayError, GrpcCode
+from .intake import Intake
+from .signals import LOGS, METRICS, PROFILES, TRACES, Signal
+
+_APPLICATIONS: dict[str, Callable[..., Any]] = {
+    TRACES.name: TraceServiceASGIApplication,
+    METRICS.name: MetricsServiceASGIApplication,
+    LOGS.name: LogsServiceASGIApplication,
+    PROFILES.name: ProfilesServiceASGIApplication,
+}
+
+_CODES = {
+    GrpcCode.INVALID_ARGUMENT: Code.INVALID_ARGUMENT,
+    GrpcCode.RESOURCE_EXHAUSTED: Code.RESOURCE_EXHAUSTED,
+    GrpcCode.UNAUTHENTICATED: Code.UNAUTHENTICATED,
+    GrpcCode.PERMISSION_DENIED: Code.PERMISSION_DENIED,
+    GrpcCode.UNAVAILABLE: Code.UNAVAILABLE,
+    GrpcCode.INTERNAL: Code.INTERNAL,
+}
+
+
+class RawRequest:
+    """Stands in for Export*ServiceRequest: keeps the bytes, validates and counts on parse."""
+
+    __slots__ = ("data", "items")
+    signal: Signal
+
+    def ParseFromString(self, data: bytes | bytearray | memoryview) -> int:
+        raw = bytes(data)
+        try:
+            self.items = wire.count_items(self.signal, raw)
+        except wire.WireError as exc:
+            raise ConnectError(
+                Code.INVALID_ARGUMENT,
+                f"the body is not a valid protobuf {self.signal.request_type.__name__} ({exc})",
+            ) from None
+        self.data = raw
+        return len(raw)
+
+
+def _raw_request_type(signal: Signal) -> type[RawRequest]:
+    return type(
+        f"Raw{signal.request_type.DESCRIPTOR.name}",
+        (RawRequest,),
+        {"__slots__": (), "signal": signal},
+    )
+
+
+def to_connect_error(error: GatewayError) -> ConnectError:
+    details: list[Message] = []
+    if error.retry_after is not None:
+        info = error_details_pb2.RetryInfo()
+        info.retry_delay.FromTimedelta(timedelta(seconds=error.retry_after))
+        details.append(info)
+    return ConnectError(_CODES.get(error.grpc_code, Code.INTERNAL), error.message, details)
+
+
+class _ExportService:
+    """The `export` method of one signal's service."""
+
+    def __init__(self, signal: Signal, intake: Intake) -> None:
+        self._signal = signal
+        self._intake = intake
+        self._response = signal.response_type()
+
+    async def export(self, request: RawRequest, ctx: RequestContext[Any, Any]) -> Message:
+        payload, items = request.data, request.items
+        try:
+            tenant = self._intake.auth.authenticate(ctx.request_headers())
+            self._intake.accept(self._signal, payload, items, tenant)
+        except GatewayError as error:
+            if error.retry_after is not None:
+                ctx.response_headers()["retry-after"] = str(max(1, round(error.retry_after)))
+            raise to_connect_error(error) from None
+        return self._response
+
+
+class BoundedGzip(Compression):
+    """gzip for connect-python that refuses to inflate past the request cap."""
+
+    def __init__(self, cap: int) -> None:
+        self._cap = cap
+
+    def name(self) -> str:
+        return "gzip"
+
+    def compress(self, data: bytes | bytearray | memoryview) -> bytes:
+        import gzip
+
+        return gzip.compress(bytes(data), compresslevel=1)
+
+    def decompress(self, data: bytes | bytearray | memoryview) -> bytes:
+        try:
+            return limits.decompress("gzip", bytes(data), self._cap)
+        except limits.TooLarge as exc:
+            raise ConnectError(Code.RESOURCE_EXHAUSTED, str(exc)) from None
+        except limits.BadEncoding as exc:
+            raise ConnectError(
+                Code.INVALID_ARGUMENT, f"the message is not valid gzip: {exc}"
+            ) from None
+
+
+class _JSONCodec:
+    """connect-python's JSON codec, but lenient on unknown fields (as OTLP requires), strict about
+    errors (INVALID_ARGUMENT, never UNKNOWN), and able to fill a RawRequest."""
+
+    def name(self) -> str:
+        return "json"
+
+    def encode(self, message: Message) -> bytes:
+        return str(json_format.MessageToJson(message)).encode()
+
+    def decode(self, data: bytes | bytearray, message: Any) -> Any:
+        target = message.signal.request_type() if isinstance(message, RawRequest) else message
+        try:
+            json_format.Parse(bytes(data), target, ignore_unknown_fields=True)
+        except (json_format.ParseError, ValueError, TypeError) as exc:
+            raise ConnectError(
+                Code.INVALID_ARGUMENT,
+                f"the body is not valid JSON for {target.DESCRIPTOR.name}: {exc}",
+            ) from None
+        if isinstance(message, RawRequest):
+            message.ParseFromString(target.SerializeToString())
+        return message
+
+
+def _install_json_codec() -> None:
+    # connect-python 0.9 has no per-app codec option; its registry is looked up per request.
+    from connectrpc import _codec
+
+    codec = _JSONCodec()
+    for name in (_codec.CODEC_NAME_JSON, _codec.CODEC_NAME_JSON_CHARSET_UTF8):
+        _codec._codecs[name] = codec
+
+
+_install_json_codec()
+
+
+class RPCService:
+    """One OTLP service on all RPC protocols, as an ASGI app mounted at its service path."""
+
+    def __init__(self, signal: Signal, intake: Intake, limits_: limits.Limits) -> None:
+        self.signal = signal
+        self._limits = limits_
+        service = _ExportService(signal, intake)
+        app_type = _APPLICATIONS[signal.name]
+        self.app = app_type(
+            service,
+            read_max_bytes=limits_.max_request_bytes,
+            compressions=[BoundedGzip(limits_.max_request_bytes)],
+        )
+        # connect-python builds its endpoints lazily from this callable; give them the
+        # bytes-keeping input type instead of the generated message class.
+        make_endpoints = self.app._endpoints
+        raw_type = _raw_request_type(signal)
+
+        def raw_endpoints(svc: Any) -> Mapping[str, Any]:
+            return {
+                path: replace(ep, method=replace(ep.method, input=raw_type))
+                for path, ep in make_endpoints(svc).items()
+            }
+
+        self.app._endpoints = raw_endpoints
+        self.path: str = self.app.path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        content_length = b""
+        for k, v in scope["headers"]:
+            if k == b"content-length":
+                content_length = v
+                break
+        cap = self._limits.max_body_bytes
+        if content_length.isdigit() and int(content_length) > cap:
+            receive = _refuse_body(cap)
+        else:
+            receive = _capped(receive, cap)
+        await self.app(scope, receive, send)
+
+
+def _too_large(cap: int) -> ConnectError:
+    return ConnectError(Code.RESOURCE_EXHAUSTED, limits.too_large_message("the request body", cap))
+
+
+def _refuse_body(cap: int) -> Receive:
+    async def receive() -> ASGIMessage:
+        raise _too_large(cap)
+
+    return receive
+
+
+def _capped(receive: Receive, cap: int) -> Receive:
+    seen = 0
+
+    async def capped_receive() -> ASGIMessage:
+        nonlocal seen
+        message = await receive()
+        seen += len(message.get("body", b""))
+        if seen > cap:
+            raise _too_large(cap)
+        return message
+
+    return capped_receive
