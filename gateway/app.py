@@ -4,6 +4,7 @@ exporters. The only module that knows all of them."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
 
@@ -43,7 +44,7 @@ def build_pipeline(config: GatewayConfig) -> Pipeline:
     destinations = {
         name: Destination(
             name,
-            create_exporter(backend),
+            functools.partial(create_exporter, backend),
             max_bytes=backend.queue_max_bytes,
             concurrency=backend.concurrency,
             retry=config.retry,

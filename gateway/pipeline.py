@@ -13,7 +13,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from .batch import Batch
 from .config import RetryConfig
@@ -32,14 +32,16 @@ class Destination:
     def __init__(
         self,
         name: str,
-        exporter: Exporter,
+        exporter_factory: Callable[[], Exporter],
         *,
         max_bytes: int,
         concurrency: int,
         retry: RetryConfig,
     ) -> None:
         self.name = name
-        self._exporter = exporter
+        # Exporters are made in start(): their clients bind to the running event loop.
+        self._exporter_factory = exporter_factory
+        self._exporter: Exporter | None = None
         self._max_bytes = max_bytes
         self._concurrency = concurrency
         self._retry = retry
@@ -67,6 +69,7 @@ class Destination:
         self._queue.put_nowait(batch)
 
     def start(self) -> None:
+        self._exporter = self._exporter_factory()
         self._workers = [
             asyncio.create_task(self._work(), name=f"export-{self.name}-{i}")
             for i in range(self._concurrency)
@@ -85,6 +88,7 @@ class Destination:
         attempt = 0
         while True:
             attempt += 1
+            assert self._exporter is not None
             try:
                 await self._exporter.export(batch)
             except ExportError as exc:
@@ -149,7 +153,8 @@ class Destination:
             left += batch.items if batch else 0
         if left:
             log.error("backend %s: %d items still queued at shutdown were lost", self.name, left)
-        await self._exporter.aclose()
+        if self._exporter is not None:
+            await self._exporter.aclose()
 
 
 class Pipeline:

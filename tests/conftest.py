@@ -1,0 +1,13 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from .otlp_peers import Sink
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    with Sink().running() as s:
+        yield s

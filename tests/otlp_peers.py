@@ -1,0 +1,270 @@
+"""Real peers the tests run on 127.0.0.1: the gateway as a subprocess, a counting OTLP/HTTP sink
+served by uvicorn, and rotel (a Rust collector) as a downstream. Every process is started here and
+stopped by PID."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+import yaml
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+ROOT = Path(__file__).resolve().parent.parent
+REQUEST_TYPES: dict[str, Any] = {
+    "traces": ExportTraceServiceRequest,
+    "metrics": ExportMetricsServiceRequest,
+    "logs": ExportLogsServiceRequest,
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 20.0, host: str = "127.0.0.1") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
+
+
+def wait_until(predicate: Any, timeout: float = 15.0, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
+# ---------------------------------------------------------------------------------------------
+# Counting sink
+
+
+def count_items(signal: str, msg: Any) -> int:
+    if signal == "traces":
+        return sum(len(ss.spans) for rs in msg.resource_spans for ss in rs.scope_spans)
+    if signal == "logs":
+        return sum(len(sl.log_records) for rl in msg.resource_logs for sl in rl.scope_logs)
+    total = 0
+    for rm in msg.resource_metrics:
+        for sm in rm.scope_metrics:
+            for m in sm.metrics:
+                kind = m.WhichOneof("data")
+                total += len(getattr(m, kind).data_points) if kind else 0
+    return total
+
+
+@dataclass
+class Received:
+    signal: str
+    headers: dict[str, str]
+    message: Any  # the decoded Export*ServiceRequest
+
+    @property
+    def items(self) -> int:
+        return count_items(self.signal, self.message)
+
+
+@dataclass
+class Sink:
+    """An OTLP/HTTP receiver (protobuf and JSON bodies, gzip) that records every request.
+
+    `status` / `retry_after` make it answer with an error, for delivery tests."""
+
+    port: int = field(default_factory=free_port)
+    received: list[Received] = field(default_factory=list)
+    status: int = 200
+    retry_after: str | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def _handle(self, request: Request) -> Response:
+        signal = request.url.path.rsplit("/", 1)[-1]
+        body = await request.body()
+        if request.headers.get("content-encoding") == "gzip":
+            body = gzip.decompress(body)
+        if self.status != 200:
+            headers = {"retry-after": self.retry_after} if self.retry_after else {}
+            return Response(status_code=self.status, headers=headers)
+        msg = REQUEST_TYPES[signal]()
+        if request.headers.get("content-type", "").startswith("application/json"):
+            from gateway import otlpjson
+            from gateway.signals import BY_NAME
+
+            msg.ParseFromString(otlpjson.json_to_proto(BY_NAME[signal], body))
+        else:
+            msg.ParseFromString(body)
+        with self._lock:
+            self.received.append(Received(signal, dict(request.headers), msg))
+        return Response(b"", media_type=request.headers.get("content-type"))
+
+    def items(self, signal: str) -> int:
+        with self._lock:
+            return sum(r.items for r in self.received if r.signal == signal)
+
+    def messages(self, signal: str) -> list[Any]:
+        with self._lock:
+            return [r.message for r in self.received if r.signal == signal]
+
+    def wait_items(self, signal: str, n: int, timeout: float = 15.0) -> int:
+        wait_until(lambda: self.items(signal) >= n, timeout)
+        time.sleep(0.2)  # let stragglers (duplicates) arrive before the caller asserts equality
+        return self.items(signal)
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[Sink]:
+        app = Starlette(routes=[Route("/v1/{signal}", self._handle, methods=["POST"])])
+        server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
+        )
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        wait_for_port(self.port)
+        try:
+            yield self
+        finally:
+            server.should_exit = True
+            thread.join(10)
+
+
+# ---------------------------------------------------------------------------------------------
+# The gateway under test
+
+
+@dataclass
+class Gateway:
+    proc: subprocess.Popen[bytes]
+    grpc_port: int
+    http_port: int
+    log_path: Path
+
+    @property
+    def http_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.grpc_port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+
+@contextlib.contextmanager
+def run_gateway(tmp_path: Path, config: dict[str, Any], *, env: dict[str, str] | None = None) -> Iterator[Gateway]:
+    """Start `python -m gateway serve --config` with `config` plus two free listener ports."""
+    grpc_port, http_port = free_port(), free_port()
+    config = {"listen": [f"127.0.0.1:{grpc_port}", f"127.0.0.1:{http_port}"], **config}
+    config_path = tmp_path / f"gateway-{grpc_port}.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    log_path = tmp_path / f"gateway-{grpc_port}.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--config", str(config_path)],
+            stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
+            env={**os.environ, **(env or {})},
+        )
+    gw = Gateway(proc, grpc_port, http_port, log_path)
+    try:
+        try:
+            wait_for_port(grpc_port)
+            wait_for_port(http_port)
+        except TimeoutError:
+            raise RuntimeError(f"gateway did not start:\n{gw.log()}") from None
+        yield gw
+    finally:
+        gw.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# rotel
+
+
+def rotel_binary() -> str:
+    import rotel
+
+    return str(Path(rotel.__file__).parent / "rotel-agent")
+
+
+@dataclass
+class Rotel:
+    proc: subprocess.Popen[bytes]
+    grpc_port: int
+    http_port: int
+
+    @property
+    def grpc_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.grpc_port}"
+
+    @property
+    def http_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+
+@contextlib.contextmanager
+def run_rotel(tmp_path: Path, exporter_endpoint: str, protocol: str = "http") -> Iterator[Rotel]:
+    """rotel receiving OTLP (gRPC and HTTP) and exporting OTLP to `exporter_endpoint`."""
+    grpc_port, http_port = free_port(), free_port()
+    log_path = tmp_path / f"rotel-{grpc_port}.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [
+                rotel_binary(), "start",
+                "--otlp-grpc-endpoint", f"127.0.0.1:{grpc_port}",
+                "--otlp-http-endpoint", f"127.0.0.1:{http_port}",
+                "--exporter", "otlp",
+                "--otlp-exporter-endpoint", exporter_endpoint,
+                "--otlp-exporter-protocol", protocol,
+            ],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for_port(grpc_port)
+        wait_for_port(http_port)
+        yield Rotel(proc, grpc_port, http_port)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
