@@ -144,7 +144,9 @@ class Sink:
     def running(self) -> Iterator[Sink]:
         app = Starlette(routes=[Route("/v1/{signal}", self._handle, methods=["POST"])])
         server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
+            uvicorn.Config(
+                app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off"
+            )
         )
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
@@ -190,7 +192,9 @@ class Gateway:
 
 
 @contextlib.contextmanager
-def run_gateway(tmp_path: Path, config: dict[str, Any], *, env: dict[str, str] | None = None) -> Iterator[Gateway]:
+def run_gateway(
+    tmp_path: Path, config: dict[str, Any], *, env: dict[str, str] | None = None
+) -> Iterator[Gateway]:
     """Start `python -m gateway serve --config` with `config` plus two free listener ports."""
     grpc_port, http_port = free_port(), free_port()
     config = {"listen": [f"127.0.0.1:{grpc_port}", f"127.0.0.1:{http_port}"], **config}
@@ -200,7 +204,9 @@ def run_gateway(tmp_path: Path, config: dict[str, Any], *, env: dict[str, str] |
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "serve", "--config", str(config_path)],
-            stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
             env={**os.environ, **(env or {})},
         )
     gw = Gateway(proc, grpc_port, http_port, log_path)
@@ -248,14 +254,21 @@ def run_rotel(tmp_path: Path, exporter_endpoint: str, protocol: str = "http") ->
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [
-                rotel_binary(), "start",
-                "--otlp-grpc-endpoint", f"127.0.0.1:{grpc_port}",
-                "--otlp-http-endpoint", f"127.0.0.1:{http_port}",
-                "--exporter", "otlp",
-                "--otlp-exporter-endpoint", exporter_endpoint,
-                "--otlp-exporter-protocol", protocol,
+                rotel_binary(),
+                "start",
+                "--otlp-grpc-endpoint",
+                f"127.0.0.1:{grpc_port}",
+                "--otlp-http-endpoint",
+                f"127.0.0.1:{http_port}",
+                "--exporter",
+                "otlp",
+                "--otlp-exporter-endpoint",
+                exporter_endpoint,
+                "--otlp-exporter-protocol",
+                protocol,
             ],
-            stdout=log, stderr=subprocess.STDOUT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     try:
         wait_for_port(grpc_port)

@@ -28,5 +28,11 @@ def test_sdk_grpc_through_gateway_and_rotel(tmp_path: Path, sink: Sink) -> None:
                     pass
             provider.shutdown()
             assert sink.wait_items("traces", 5, timeout=20) == 5
-    names = sorted(s.name for m in sink.messages("traces") for rs in m.resource_spans for ss in rs.scope_spans for s in ss.spans)
+    names = sorted(
+        s.name
+        for m in sink.messages("traces")
+        for rs in m.resource_spans
+        for ss in rs.scope_spans
+        for s in ss.spans
+    )
     assert names == [f"span-{i}" for i in range(5)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import ssl
 import zlib
 
 import httpx
@@ -31,11 +32,11 @@ class HTTPExporter:
         self._json = config.protocol == "http/json"
         base = config.endpoint.rstrip("/")
         self._urls = {s.name: base + s.http_path for s in SIGNALS}
-        verify: bool | str = True
+        verify: bool | ssl.SSLContext = True
         if config.tls.insecure:
             verify = False
         elif config.tls.ca_file:
-            verify = config.tls.ca_file
+            verify = ssl.create_default_context(cafile=config.tls.ca_file)
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(config.timeout),
             verify=verify,

@@ -1,0 +1,72 @@
+"""Delivery basics: OTLP retry rules towards backends, and a full queue answered with 429."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+from google.rpc import status_pb2
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from .otlp_peers import Sink, run_gateway
+
+
+def _request(name: str, n: int = 1) -> bytes:
+    req = ExportTraceServiceRequest()
+    spans = req.resource_spans.add().scope_spans.add().spans
+    for i in range(n):
+        span = spans.add(name=f"{name}-{i}")
+        span.trace_id = bytes(range(16))
+        span.span_id = bytes(range(8))
+    return req.SerializeToString()
+
+
+def _post(url: str, body: bytes) -> httpx.Response:
+    return httpx.post(
+        url + "/v1/traces", content=body, headers={"content-type": "application/x-protobuf"}
+    )
+
+
+def _config(sink: Sink, **backend: object) -> dict[str, object]:
+    return {
+        "backends": {"sink": {"protocol": "http/protobuf", "endpoint": sink.endpoint, **backend}},
+        "service_backends": ["sink"],
+        "retry": {"initial_interval": "100ms", "max_interval": "1s", "max_elapsed": "30s"},
+    }
+
+
+def test_retryable_status_is_retried_after_retry_after(tmp_path: Path, sink: Sink) -> None:
+    sink.status, sink.retry_after = 503, "1"
+    with run_gateway(tmp_path, _config(sink)) as gw:
+        assert _post(gw.http_endpoint, _request("retried", 3)).status_code == 200
+        time.sleep(1.5)
+        assert sink.items("traces") == 0
+        sink.status = 200
+        assert sink.wait_items("traces", 3) == 3  # delivered once, not duplicated
+        assert "retrying in 1.0s" in gw.log()
+
+
+def test_permanent_status_is_dropped_not_retried(tmp_path: Path, sink: Sink) -> None:
+    sink.status = 400
+    with run_gateway(tmp_path, _config(sink)) as gw:
+        assert _post(gw.http_endpoint, _request("dropped", 2)).status_code == 200
+        deadline = time.monotonic() + 10
+        while "dropped 2 spans" not in gw.log() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "permanent error" in gw.log()
+        sink.status = 200
+        time.sleep(0.5)
+        assert sink.items("traces") == 0
+
+
+def test_full_queue_answers_429_with_retry_after(tmp_path: Path, sink: Sink) -> None:
+    sink.status, sink.retry_after = 503, "30"
+    config = _config(sink, concurrency=1, queue={"max_bytes": 1000})
+    with run_gateway(tmp_path, config) as gw:
+        assert _post(gw.http_endpoint, _request("first", 20)).status_code == 200
+        r = _post(gw.http_endpoint, _request("second", 20))
+        assert r.status_code == 429
+        assert int(r.headers["retry-after"]) >= 1
+        status = status_pb2.Status.FromString(r.content)
+        assert status.code == 8 and "queue for backend sink is full" in status.message
