@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Callable
 from typing import Any
 
 from google.protobuf import json_format
@@ -25,33 +26,29 @@ class OTLPJSONError(ValueError):
     """The body is not a valid OTLP/JSON export request."""
 
 
-def _ids_hex_to_base64(node: Any) -> None:
+def _map_ids(node: Any, convert: Callable[[str, str], str]) -> None:
+    """Replace every id string in a decoded JSON document by convert(key, value), in place."""
     if isinstance(node, dict):
         for key, value in node.items():
             if key in _ID_KEYS and isinstance(value, str):
-                try:
-                    node[key] = base64.b64encode(bytes.fromhex(value)).decode("ascii")
-                except ValueError:
-                    raise OTLPJSONError(f"{key} must be a hex string, got {value[:40]!r}") from None
+                node[key] = convert(key, value)
             elif isinstance(value, (dict, list)):
-                _ids_hex_to_base64(value)
+                _map_ids(value, convert)
     elif isinstance(node, list):
         for value in node:
             if isinstance(value, (dict, list)):
-                _ids_hex_to_base64(value)
+                _map_ids(value, convert)
 
 
-def _ids_base64_to_hex(node: Any) -> None:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key in _ID_KEYS and isinstance(value, str):
-                node[key] = base64.b64decode(value).hex()
-            elif isinstance(value, (dict, list)):
-                _ids_base64_to_hex(value)
-    elif isinstance(node, list):
-        for value in node:
-            if isinstance(value, (dict, list)):
-                _ids_base64_to_hex(value)
+def _hex_to_base64(key: str, value: str) -> str:
+    try:
+        return base64.b64encode(bytes.fromhex(value)).decode("ascii")
+    except ValueError:
+        raise OTLPJSONError(f"{key} must be a hex string, got {value[:40]!r}") from None
+
+
+def _base64_to_hex(key: str, value: str) -> str:
+    return base64.b64decode(value).hex()
 
 
 def json_to_proto(signal: Signal, body: bytes) -> bytes:
@@ -64,7 +61,7 @@ def json_to_proto(signal: Signal, body: bytes) -> bytes:
         raise OTLPJSONError(f"body is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise OTLPJSONError("body must be a JSON object")
-    _ids_hex_to_base64(doc)
+    _map_ids(doc, _hex_to_base64)
     message = signal.request_type()
     try:
         json_format.ParseDict(doc, message, ignore_unknown_fields=True)
@@ -77,7 +74,7 @@ def message_to_json_dict(signal: Signal, data: bytes) -> dict[str, Any]:
     """Decode protobuf bytes of an export request into an OTLP/JSON document."""
     message = signal.request_type.FromString(data)
     doc: dict[str, Any] = json_format.MessageToDict(message, use_integers_for_enums=True)
-    _ids_base64_to_hex(doc)
+    _map_ids(doc, _base64_to_hex)
     return doc
 
 

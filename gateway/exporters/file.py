@@ -1,14 +1,15 @@
 """The `file` backend: OTLP/JSON lines, one file per signal, rotated by size.
 
 `<path>/<signal>.jsonl` is the file being written; when it passes `rotate_bytes` it is renamed to
-`<signal>-<UTC time>.jsonl` and at most `max_files` rotated files are kept per signal.
+`<signal>-<UTC time to the microsecond>.jsonl`; at most `max_files` rotated files are kept
+per signal.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO
 
@@ -47,15 +48,15 @@ class FileExporter:
             self._rotate(signal)
 
     def _rotate(self, signal: str) -> None:
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-        current = self._dir / f"{signal}.jsonl"
-        target = self._dir / f"{signal}-{stamp}.jsonl"
-        n = 1
-        while target.exists():
-            target = self._dir / f"{signal}-{stamp}.{n}.jsonl"
-            n += 1
-        os.replace(current, target)
-        rotated = sorted(self._dir.glob(f"{signal}-*.jsonl"), key=lambda p: p.stat().st_mtime)
+        # Fixed-width UTC stamps to the microsecond: names sort by age, and a name is never reused.
+        when = datetime.now(UTC)
+        while True:
+            target = self._dir / f"{signal}-{when:%Y%m%dT%H%M%S.%fZ}.jsonl"
+            if not target.exists():
+                break
+            when += timedelta(microseconds=1)
+        os.replace(self._dir / f"{signal}.jsonl", target)
+        rotated = sorted(self._dir.glob(f"{signal}-*.jsonl"))
         for old in rotated[: max(0, len(rotated) - self._max_files)]:
             old.unlink(missing_ok=True)
 
