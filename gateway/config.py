@@ -77,7 +77,7 @@ class GatewayConfig:
     tls: ServerTLS | None = None
     cors: Cors = Cors()
     retry: RetryConfig = RetryConfig()
-    server: str = "uvicorn"
+    server: str = "hypercorn"
     timeout_keep_alive: float = 75.0
     shutdown_timeout: float = 10.0
     source: str = "<defaults>"
@@ -113,6 +113,10 @@ class _Doc:
 
     def error(self, path: str, problem: str) -> ConfigError:
         line = self.lines.get(path)
+        parent = path
+        while line is None and parent:  # a missing key: point at the mapping it belongs in
+            parent = parent.rpartition(".")[0]
+            line = self.lines.get(parent)
         where = f"{self.source}:{line}" if line else self.source
         return ConfigError(f"{where}: {path or 'top level'}: {problem}")
 
@@ -130,6 +134,9 @@ class _Doc:
                     self.lines[sub] = key_node.start_mark.line + 1
                     raise self.error(sub, "key appears twice")
                 out[key] = self.build(value_node, sub, loader)
+                # A problem with `key` is reported at the key's line, also when its value is a
+                # block that starts on the next line.
+                self.lines[sub] = key_node.start_mark.line + 1
             return out
         if isinstance(node, yaml.SequenceNode):
             return [self.build(v, f"{path}[{i}]", loader) for i, v in enumerate(node.value)]
@@ -143,10 +150,11 @@ class _Doc:
             if m.group(0) == "$$":
                 return "$"
             name, default = m.group(1), m.group(2)
-            if name in self.env:
-                return self.env[name]
-            if default is not None:
+            value = self.env.get(name)
+            if default is not None and not value:  # as in the shell: unset or empty
                 return default
+            if value is not None:
+                return value
             raise self.error(
                 path,
                 f"environment variable {name} is not set (use ${{{name}:-default}} for a default)",
@@ -399,7 +407,7 @@ def parse(
             max_interval=r.duration("max_interval", 30.0),
             max_elapsed=r.duration("max_elapsed", 300.0),
         ),
-        server=top.text("server", "uvicorn", ("uvicorn", "hypercorn")),
+        server=top.text("server", "hypercorn", ("hypercorn", "uvicorn")),
         timeout_keep_alive=top.duration("timeout_keep_alive", 75.0),
         shutdown_timeout=top.duration("shutdown_timeout", 10.0),
         source=source,

@@ -30,22 +30,6 @@ def _headers(scope: Scope) -> dict[str, str]:
     return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
 
 
-async def _read_body(receive: Receive, cap: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise InvalidRequest("the client went away before sending the whole body")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > cap:
-            raise RequestTooLarge(limits.too_large_message("the request body", cap))
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
 def _status_body(error: GatewayError, as_json: bool) -> bytes:
     if as_json:
         return json.dumps({"code": int(error.grpc_code), "message": error.message}).encode()
@@ -88,9 +72,16 @@ class OTLPHTTPEndpoint:
         tenant = self._intake.auth.authenticate(headers)
         cap = self._limits.max_body_bytes
         length = headers.get("content-length", "")
-        if length.isdigit() and int(length) > cap:
-            raise RequestTooLarge(limits.too_large_message("the request body", cap))
-        raw = await _read_body(receive, cap)
+        try:
+            if length.isdigit() and int(length) > cap:
+                if int(length) <= limits.DISCARD_LIMIT:
+                    await limits.discard_body(receive)
+                raise limits.TooLarge(limits.too_large_message("the request body", cap))
+            raw = await limits.read_body(receive, cap)
+        except limits.TooLarge as exc:
+            raise RequestTooLarge(str(exc)) from None
+        except limits.ClientGone as exc:
+            raise InvalidRequest(str(exc)) from None
         encoding = headers.get("content-encoding", "")
         try:
             data = limits.decompress(encoding, raw, self._limits.max_request_bytes)

@@ -7,6 +7,8 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from starlette.types import Message, Receive
+
 DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024  # after decompression
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024  # on the wire, before decompression
 
@@ -15,6 +17,12 @@ DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024  # on the wire, before decompression
 class Limits:
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+
+
+# How much of an oversized body is still read (and thrown away) before the refusal is sent. Over
+# HTTP/2 a response sent while the client is still sending makes the server reset the stream, and
+# gRPC clients then report INTERNAL instead of our RESOURCE_EXHAUSTED.
+DISCARD_LIMIT = 64 * 1024 * 1024
 
 
 class TooLarge(Exception):
@@ -51,6 +59,9 @@ def _inflate(data: bytes, cap: int, wbits: int) -> bytes:
         produced += len(chunk)
         out.append(chunk)
         if produced > cap or d.unconsumed_tail:
+            # Drop the output first: a traceback kept in a reference cycle (connect-python keeps
+            # one) would otherwise pin up to `cap` bytes per refused request until the next GC.
+            del out, chunk
             raise TooLarge(too_large_message("the decompressed request", cap))
         if not d.eof:
             raise BadEncoding("compressed data is truncated")
@@ -84,6 +95,7 @@ def _unzstd(data: bytes, cap: int) -> bytes:
     except zstandard.ZstdError as exc:
         raise BadEncoding(str(exc)) from None
     if len(out) > cap:
+        del out  # as in _inflate: no traceback may pin the output
         raise TooLarge(too_large_message("the decompressed request", cap))
     return bytes(out)
 
@@ -120,3 +132,39 @@ def accepted_encodings() -> list[str]:
     else:
         names.append("zstd")
     return names
+
+
+class ClientGone(Exception):
+    """The client disconnected before sending the whole body."""
+
+
+async def read_body(receive: Receive, cap: int) -> bytes:
+    """Read an ASGI request body, refusing it as soon as it passes `cap` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone("the client went away before sending the whole body")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > cap:
+            del chunks
+            await discard_body(receive, message)
+            raise TooLarge(too_large_message("the request body", cap))
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def discard_body(receive: Receive, last: Message | None = None) -> None:
+    """Read and drop the rest of a body (up to DISCARD_LIMIT), so that a refusal is answered to a
+    client that has finished sending. `last` is the latest message already received, if any."""
+    seen = 0
+    more = last is None or bool(last.get("more_body", False))
+    while more and seen <= DISCARD_LIMIT:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        seen += len(message.get("body", b""))
+        more = bool(message.get("more_body", False))

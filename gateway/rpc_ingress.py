@@ -13,6 +13,7 @@ to connect-python is a bounded one (its own gzip inflates without a limit).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any
@@ -61,6 +62,20 @@ _CODES = {
 }
 
 
+# The errors this module raised inside connect-python during the current request. connect-python
+# keeps a caught error in a local of the frame its traceback points back to: a reference cycle that
+# pins every frame in between (with the request's buffers, up to the body cap) until a full GC.
+# RPCService drops their tracebacks once the request is answered.
+_RAISED: ContextVar[list[BaseException] | None] = ContextVar("_RAISED", default=None)
+
+
+def _tracked(error: ConnectError) -> ConnectError:
+    raised = _RAISED.get()
+    if raised is not None:
+        raised.append(error)
+    return error
+
+
 class RawRequest:
     """Stands in for Export*ServiceRequest: keeps the bytes, validates and counts on parse."""
 
@@ -72,9 +87,11 @@ class RawRequest:
         try:
             self.items = wire.count_items(self.signal, raw)
         except wire.WireError as exc:
-            raise ConnectError(
-                Code.INVALID_ARGUMENT,
-                f"the body is not a valid protobuf {self.signal.request_type.__name__} ({exc})",
+            raise _tracked(
+                ConnectError(
+                    Code.INVALID_ARGUMENT,
+                    f"the body is not a valid protobuf {self.signal.request_type.__name__} ({exc})",
+                )
             ) from None
         self.data = raw
         return len(raw)
@@ -113,7 +130,7 @@ class _ExportService:
         except GatewayError as error:
             if error.retry_after is not None:
                 ctx.response_headers()["retry-after"] = str(max(1, round(error.retry_after)))
-            raise to_connect_error(error) from None
+            raise _tracked(to_connect_error(error)) from None
         return self._response
 
 
@@ -135,10 +152,10 @@ class BoundedGzip(Compression):
         try:
             return limits.decompress("gzip", bytes(data), self._cap)
         except limits.TooLarge as exc:
-            raise ConnectError(Code.RESOURCE_EXHAUSTED, str(exc)) from None
+            raise _tracked(ConnectError(Code.RESOURCE_EXHAUSTED, str(exc))) from None
         except limits.BadEncoding as exc:
-            raise ConnectError(
-                Code.INVALID_ARGUMENT, f"the message is not valid gzip: {exc}"
+            raise _tracked(
+                ConnectError(Code.INVALID_ARGUMENT, f"the message is not valid gzip: {exc}")
             ) from None
 
 
@@ -157,9 +174,11 @@ class _JSONCodec:
         try:
             json_format.Parse(bytes(data), target, ignore_unknown_fields=True)
         except (json_format.ParseError, ValueError, TypeError) as exc:
-            raise ConnectError(
-                Code.INVALID_ARGUMENT,
-                f"the body is not valid JSON for {target.DESCRIPTOR.name}: {exc}",
+            raise _tracked(
+                ConnectError(
+                    Code.INVALID_ARGUMENT,
+                    f"the body is not valid JSON for {target.DESCRIPTOR.name}: {exc}",
+                )
             ) from None
         if isinstance(message, RawRequest):
             message.ParseFromString(target.SerializeToString())
@@ -216,21 +235,36 @@ class RPCService:
                 break
         cap = self._limits.max_body_bytes
         if content_length.isdigit() and int(content_length) > cap:
-            receive = _refuse_body(cap)
+            receive = _refuse_body(receive, cap, drain=int(content_length) <= limits.DISCARD_LIMIT)
         else:
             receive = _capped(receive, cap)
-        await self.app(scope, receive, send)
+        raised: list[BaseException] = []
+        token = _RAISED.set(raised)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            _RAISED.reset(token)
+            for error in raised:
+                # Breaks the cycles: frees the request's buffers now. The context (the error we
+                # translated) has a traceback too, pointing at frames that hold the body.
+                error.__traceback__ = None
+                if error.__context__ is not None:
+                    error.__context__.__traceback__ = None
 
 
 def _too_large(cap: int) -> ConnectError:
-    return ConnectError(Code.RESOURCE_EXHAUSTED, limits.too_large_message("the request body", cap))
+    return _tracked(
+        ConnectError(Code.RESOURCE_EXHAUSTED, limits.too_large_message("the request body", cap))
+    )
 
 
-def _refuse_body(cap: int) -> Receive:
-    async def receive() -> ASGIMessage:
+def _refuse_body(receive: Receive, cap: int, *, drain: bool) -> Receive:
+    async def refuse() -> ASGIMessage:
+        if drain:
+            await limits.discard_body(receive)
         raise _too_large(cap)
 
-    return receive
+    return refuse
 
 
 def _capped(receive: Receive, cap: int) -> Receive:
@@ -241,6 +275,7 @@ def _capped(receive: Receive, cap: int) -> Receive:
         message = await receive()
         seen += len(message.get("body", b""))
         if seen > cap:
+            await limits.discard_body(receive, message)
             raise _too_large(cap)
         return message
 

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import socket
 import ssl
+from typing import Any
 
 from starlette.types import ASGIApp
 
@@ -18,7 +19,9 @@ def _bind(address: str) -> socket.socket:
     host, _, port = address.rpartition(":")
     host = host.strip("[]")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted connections only then; without it
+    # every gRPC call waits ~40 ms for a delayed ACK (headers, data, trailers are separate writes).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if family == socket.AF_INET6:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
@@ -39,10 +42,33 @@ def serve(config: GatewayConfig, *, log_level: str = "info") -> None:
         _serve_uvicorn(app, config, sockets, log_level)
 
 
+def _complete_bodyless_h2_requests() -> None:
+    """uvicorn 0.54's HTTP/2 adapter ignores zttp's `Request.end_stream` (its HTTP/1.1 adapter
+    honours it): a request whose HEADERS frame ends the stream, such as an empty POST over h2/h2c,
+    would wait for a body forever. Complete such requests as the HTTP/1.1 adapter does."""
+    from uvicorn.protocols.http.zttp_h2_impl import ZttpH2Protocol
+
+    original = ZttpH2Protocol.handle_request
+    if getattr(original, "_completes_bodyless", False):
+        return
+
+    def handle_request(self: ZttpH2Protocol, event: Any) -> None:
+        original(self, event)
+        cycle = self.cycles.get(event.stream_id)
+        if event.end_stream and cycle is not None:
+            cycle.more_body = False
+            cycle.message_event.set()
+
+    handle_request._completes_bodyless = True  # type: ignore[attr-defined]
+    ZttpH2Protocol.handle_request = handle_request  # type: ignore[method-assign]
+
+
 def _serve_uvicorn(
     app: ASGIApp, config: GatewayConfig, sockets: list[socket.socket], log_level: str
 ) -> None:
     import uvicorn
+
+    _complete_bodyless_h2_requests()
 
     kwargs: dict[str, object] = {}
     if config.tls is not None:
@@ -69,22 +95,26 @@ def _serve_hypercorn(
     app: ASGIApp, config: GatewayConfig, sockets: list[socket.socket], log_level: str
 ) -> None:
     from hypercorn.asyncio import serve as hypercorn_serve
-    from hypercorn.config import Config, Sockets
+    from hypercorn.config import Config
 
     hc = Config()
+    # Hand hypercorn the sockets we bound, as `fd://N` binds (its documented way to serve
+    # pre-bound sockets). detach(): hypercorn's own socket objects own the descriptors from here
+    # on, so nothing closes them twice. With TLS configured, `bind` are the TLS sockets; without,
+    # they are plaintext (h1 and h2c prior knowledge).
+    hc.bind = [f"fd://{sock.detach()}" for sock in sockets]
+    hc.backlog = 2048  # asyncio.start_server re-listens with this (hypercorn's default is 100)
     hc.keep_alive_timeout = config.timeout_keep_alive
     hc.keep_alive_max_requests = 2**31  # its default (1000) ends long-lived gRPC connections
     hc.graceful_timeout = config.shutdown_timeout + 5
     hc.loglevel = log_level.upper()
+    hc.errorlog = logging.getLogger("hypercorn.error")  # through our logging setup, printed once
     hc.accesslog = None
+    hc.include_server_header = False
     if config.tls is not None:
         hc.certfile = config.tls.cert
         hc.keyfile = config.tls.key or config.tls.cert
         hc.alpn_protocols = ["h2", "http/1.1"]
-        secure, insecure = sockets, []
-    else:
-        secure, insecure = [], sockets
-    hc._sockets = Sockets(secure_sockets=secure, insecure_sockets=insecure, quic_sockets=[])  # type: ignore[attr-defined]
     asyncio.run(hypercorn_serve(app, hc, mode="asgi"))  # type: ignore[arg-type]
 
 

@@ -191,6 +191,34 @@ class Gateway:
         return self.proc.returncode
 
 
+def wait_ready(gw: Gateway, *, tls: bool = False, timeout: float = 20.0) -> None:
+    """Wait until both listeners answer an (empty) OTLP/HTTP export: a bound port alone does not
+    mean the server behind it is serving yet."""
+    import httpx
+
+    scheme = "https" if tls else "http"
+    deadline = time.monotonic() + timeout
+    for port in (gw.grpc_port, gw.http_port):
+        while True:
+            if gw.proc.poll() is not None:
+                raise TimeoutError("the gateway exited")
+            try:
+                r = httpx.post(
+                    f"{scheme}://127.0.0.1:{port}/v1/traces",
+                    content=b"",
+                    headers={"content-type": "application/x-protobuf"},
+                    verify=False,
+                    timeout=1.0,
+                )
+                if r.status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"port {port} did not answer")
+            time.sleep(0.05)
+
+
 @contextlib.contextmanager
 def run_gateway(
     tmp_path: Path, config: dict[str, Any], *, env: dict[str, str] | None = None
@@ -212,8 +240,7 @@ def run_gateway(
     gw = Gateway(proc, grpc_port, http_port, log_path)
     try:
         try:
-            wait_for_port(grpc_port)
-            wait_for_port(http_port)
+            wait_ready(gw, tls="tls" in config)
         except TimeoutError:
             raise RuntimeError(f"gateway did not start:\n{gw.log()}") from None
         yield gw

@@ -1,99 +1,127 @@
-"""OTLP/gRPC exporter over grpcio: the request bytes go out as they came in (no re-encode)."""
+"""OTLP/gRPC exporter: connect-python's generated clients over HTTP/2 (pyqwest), sending the
+request bytes as they came in (no re-encode).
+
+Chosen over grpcio by measurement (bench/README.md): the same CPU per export at equal gzip level,
+and connect-python lets us set the gzip level, which is most of the cost (level 1 vs grpcio's
+fixed level: about 40% less CPU per 245 KB export).
+"""
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+from typing import Any
 
-import grpc
-import grpc.aio
-from google.protobuf.message import DecodeError
-from google.rpc import error_details_pb2, status_pb2
+import pyqwest
+from connectrpc.code import Code
+from connectrpc.compression.gzip import GzipCompression
+from connectrpc.errors import ConnectError
+from connectrpc.protocol import ProtocolType
+from google.rpc import error_details_pb2
 
+from .._gen.opentelemetry.proto.collector.logs.v1.logs_service_connect import LogsServiceClient
+from .._gen.opentelemetry.proto.collector.metrics.v1.metrics_service_connect import (
+    MetricsServiceClient,
+)
+from .._gen.opentelemetry.proto.collector.profiles.v1development.profiles_service_connect import (
+    ProfilesServiceClient,
+)
+from .._gen.opentelemetry.proto.collector.trace.v1.trace_service_connect import (
+    TraceServiceClient,
+)
 from ..batch import Batch
 from ..config import BackendConfig
 from .base import ExportError, render_headers
 
+_CLIENTS: dict[str, Any] = {
+    "traces": TraceServiceClient,
+    "metrics": MetricsServiceClient,
+    "logs": LogsServiceClient,
+    "profiles": ProfilesServiceClient,
+}
+
 # OTLP/gRPC: retryable codes. RESOURCE_EXHAUSTED only when the server attached RetryInfo.
 _RETRYABLE = frozenset(
     {
-        grpc.StatusCode.CANCELLED,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.ABORTED,
-        grpc.StatusCode.OUT_OF_RANGE,
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DATA_LOSS,
+        Code.CANCELED,
+        Code.DEADLINE_EXCEEDED,
+        Code.ABORTED,
+        Code.OUT_OF_RANGE,
+        Code.UNAVAILABLE,
+        Code.DATA_LOSS,
     }
 )
 
 
-def _identity(data: bytes) -> bytes:
-    return data
+class _RawRequest:
+    """Stands in for Export*ServiceRequest on the way out: serializing returns the bytes."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def SerializeToString(self) -> bytes:
+        return self.data
 
 
-def _retry_delay(error: grpc.aio.AioRpcError) -> float | None:
-    for key, value in error.trailing_metadata() or ():
-        if key != "grpc-status-details-bin" or not isinstance(value, bytes):
-            continue
-        try:
-            status = status_pb2.Status.FromString(value)
-        except DecodeError:
-            return None
-        for detail in status.details:
-            if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-                info = error_details_pb2.RetryInfo()
-                detail.Unpack(info)
-                return float(info.retry_delay.ToTimedelta().total_seconds())
+def _retry_delay(error: ConnectError) -> float | None:
+    for detail in error.details:
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            return float(info.retry_delay.ToTimedelta().total_seconds())
     return None
 
 
 class GRPCExporter:
     def __init__(self, config: BackendConfig) -> None:
         self._config = config
-        url = urlsplit(config.endpoint)
-        target = url.netloc
-        options = [
-            ("grpc.max_send_message_length", -1),
-            ("grpc.max_receive_message_length", 4 << 20),
-        ]
-        if url.scheme == "https":
-            root = None
-            if config.tls.ca_file:
-                with open(config.tls.ca_file, "rb") as f:
-                    root = f.read()
-            self._channel = grpc.aio.secure_channel(
-                target, grpc.ssl_channel_credentials(root_certificates=root), options=options
+        ca = None
+        if config.tls.ca_file:
+            with open(config.tls.ca_file, "rb") as f:
+                ca = f.read()
+        transport = pyqwest.HTTPTransport(
+            # http:// is h2c with prior knowledge, https:// is TLS with ALPN h2
+            http_version=pyqwest.HTTPVersion.HTTP2,
+            tls_ca_cert=ca,
+            tls_include_system_certs=ca is None,
+            timeout=config.timeout,
+            enable_otel=False,
+        )
+        self._http = pyqwest.Client(transport)
+        compression = (
+            GzipCompression(level=config.compression_level)
+            if config.compression == "gzip"
+            else None
+        )
+        self._clients = {
+            name: client_type(
+                config.endpoint.rstrip("/"),
+                protocol=ProtocolType.GRPC,
+                http_client=self._http,
+                send_compression=compression,
+                timeout_ms=int(config.timeout * 1000),
             )
-        else:
-            self._channel = grpc.aio.insecure_channel(target, options=options)
-        self._compression = grpc.Compression.Gzip if config.compression == "gzip" else None
-        self._calls = {}
-        from ..signals import SIGNALS
-
-        for signal in SIGNALS:
-            self._calls[signal.name] = self._channel.unary_unary(
-                signal.rpc_path, request_serializer=_identity, response_deserializer=_identity
-            )
+            for name, client_type in _CLIENTS.items()
+        }
 
     async def export(self, batch: Batch) -> None:
-        metadata = tuple(
-            (k.lower(), v) for k, v in render_headers(self._config.headers, batch.tenant).items()
-        )
-        call = self._calls[batch.signal.name]
+        headers = render_headers(self._config.headers, batch.tenant)
+        client = self._clients[batch.signal.name]
         try:
-            await call(
-                batch.payload,
-                timeout=self._config.timeout,
-                metadata=metadata,
-                compression=self._compression,
-            )
-        except grpc.aio.AioRpcError as exc:
-            code = exc.code()
-            message = f"{self._config.endpoint} answered {code.name}: {exc.details()}"
+            await client.export(_RawRequest(batch.payload), headers=headers)
+        except ConnectError as exc:
+            code = exc.code
+            message = f"{self._config.endpoint} answered {code.name}: {exc.message}"
             delay = _retry_delay(exc)
             retryable = code in _RETRYABLE or (
-                code == grpc.StatusCode.RESOURCE_EXHAUSTED and delay is not None
+                code == Code.RESOURCE_EXHAUSTED and delay is not None
             )
             raise ExportError(message, retryable=retryable, retry_after=delay) from exc
+        except (OSError, pyqwest.ReadError, pyqwest.WriteError, pyqwest.ConnectTimeout) as exc:
+            raise ExportError(
+                f"could not reach {self._config.endpoint}: {exc!r}", retryable=True
+            ) from exc
 
     async def aclose(self) -> None:
-        await self._channel.close()
+        for client in self._clients.values():
+            await client.close()
