@@ -3,8 +3,8 @@ exporters. The only module that knows all of them."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import functools
 import logging
 from collections.abc import AsyncIterator
 
@@ -13,14 +13,14 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute, Mount, Route
 
-from .auth import OpenAuth
-from .config import GatewayConfig
-from .exporters import create_exporter
+from .config import DEFAULT_TENANT, GatewayConfig
 from .http_ingress import OTLPHTTPEndpoint
 from .intake import Intake
-from .pipeline import Destination, Pipeline
+from .pipeline import Pipeline
+from .reload import Reloader
 from .rpc_ingress import RPCService
 from .signals import SIGNALS
+from .tenants import Directory
 
 log = logging.getLogger("otlp_gateway")
 
@@ -40,23 +40,10 @@ _CORS_ALLOW = (
 _CORS_EXPOSE = ("grpc-status", "grpc-message", "grpc-status-details-bin", "retry-after")
 
 
-def build_pipeline(config: GatewayConfig) -> Pipeline:
-    destinations = {
-        name: Destination(
-            name,
-            functools.partial(create_exporter, backend),
-            max_bytes=backend.queue_max_bytes,
-            concurrency=backend.concurrency,
-            retry=config.retry,
-        )
-        for name, backend in config.backends.items()
-    }
-    return Pipeline(destinations, config.service_backends)
-
-
 def create_app(config: GatewayConfig) -> Starlette:
-    pipeline = build_pipeline(config)
-    intake = Intake(OpenAuth(), pipeline)
+    pipeline = Pipeline(config.backends, config.retry)
+    intake = Intake(Directory(config), pipeline)
+    reloader = Reloader(config, intake, pipeline)
 
     routes: list[BaseRoute] = []
     for signal in SIGNALS:
@@ -79,17 +66,25 @@ def create_app(config: GatewayConfig) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await pipeline.start()
-        log.info(
-            "forwarding to %s",
-            ", ".join(config.service_backends) or "no backends (data is dropped)",
-        )
+        await pipeline.start(config.shutdown_timeout)
+        log.info("forwarding to %s", ", ".join(config.service_backends) or "no service backends")
+        if config.tenants is None:
+            log.warning(
+                "no tenants configured: the gateway runs open, every request is accepted "
+                "without a key as tenant %r",
+                DEFAULT_TENANT,
+            )
+        else:
+            log.info("%d tenants: %s", len(config.tenants), ", ".join(config.tenants))
+        watcher = asyncio.get_running_loop().create_task(reloader.watch())
         try:
             yield
         finally:
             # The server has stopped taking connections and finished in-flight requests.
-            await pipeline.shutdown(config.shutdown_timeout)
+            watcher.cancel()
+            await pipeline.shutdown(reloader.config.shutdown_timeout)
 
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.pipeline = pipeline
+    app.state.reloader = reloader
     return app

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,9 @@ import yaml
 from .limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_REQUEST_BYTES, Limits
 
 PROTOCOLS = ("grpc", "http/protobuf", "http/json", "file")
+SIGNAL_NAMES = ("traces", "metrics", "logs", "profiles")
+KEY_PREFIX = "sha256:"
+_TENANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 COMPRESSIONS = ("none", "gzip")
 DEFAULT_LISTEN = ("0.0.0.0:4317", "0.0.0.0:4318")
 # open mode (no tenants configured): everything is the default tenant's
@@ -69,6 +72,39 @@ class RetryConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DropRule:
+    """Drop spans (signal traces) or log records (signal logs) that match: by span name, or by an
+    attribute (of the item, else of its resource) that equals / starts with / matches a value."""
+
+    signal: str = "traces"
+    span_name: str | None = None
+    attribute: str | None = None
+    equals: str | None = None
+    starts_with: str | None = None
+    matches: str | None = None  # a regular expression, searched
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    max_request_bytes: int | None = None  # after decompression; under limits.max_request_bytes
+    items_per_second: float | None = None
+    bytes_per_second: float | None = None
+    burst_seconds: float = 2.0  # a bucket holds this many seconds of the rate
+
+
+@dataclass(frozen=True, slots=True)
+class TenantConfig:
+    name: str
+    api_keys: tuple[str, ...] = ()  # sha256 hex digests of the keys
+    backends: tuple[str, ...] = ()  # the tenant's own backends, every allowed signal
+    signal_backends: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    signals: tuple[str, ...] = SIGNAL_NAMES
+    attributes: Mapping[str, str] = field(default_factory=dict)
+    quota: Quota = Quota()
+    drop: tuple[DropRule, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     listen: tuple[str, ...] = DEFAULT_LISTEN
     limits: Limits = field(default_factory=Limits)
@@ -80,16 +116,31 @@ class GatewayConfig:
     server: str = "hypercorn"
     timeout_keep_alive: float = 75.0
     shutdown_timeout: float = 10.0
+    # None: no tenants section, the gateway runs open (every request is DEFAULT_TENANT's)
+    tenants: Mapping[str, TenantConfig] | None = None
+    drop: tuple[DropRule, ...] = ()  # applies to every tenant
+    reload_interval: float = 2.0  # how often the config file is checked for changes; 0: never
     source: str = "<defaults>"
+    path: str | None = None  # the file it came from, for reloads
 
 
-def embedded_default(data_dir: str = "./otlp-data") -> GatewayConfig:
-    """What `otlp-gateway serve` runs with no config: local listeners and a file backend."""
+DEV_TENANT = "dev"
+
+
+def embedded_default(
+    data_dir: str = "./otlp-data", dev_key_digest: str | None = None
+) -> GatewayConfig:
+    """What `otlp-gateway serve` runs with no config: local listeners, a file backend, and (given
+    a key digest) one `dev` tenant."""
     archive = BackendConfig(name="local-files", protocol="file", path=data_dir, compression="none")
+    tenants = None
+    if dev_key_digest is not None:
+        tenants = {DEV_TENANT: TenantConfig(name=DEV_TENANT, api_keys=(dev_key_digest,))}
     return GatewayConfig(
         listen=("127.0.0.1:4317", "127.0.0.1:4318"),
         backends={"local-files": archive},
         service_backends=("local-files",),
+        tenants=tenants,
         source="<embedded default>",
     )
 
@@ -174,6 +225,8 @@ class _Section:
         self.doc, self.data, self.path = doc, data, path
 
     def _p(self, key: str) -> str:
+        if not key:
+            return self.path
         return f"{self.path}.{key}" if self.path else key
 
     def known(self, *keys: str) -> None:
@@ -246,6 +299,15 @@ class _Section:
             raise self.error(key, f"must be a duration such as 10s, 500ms or 5m, got {value!r}")
         factor = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[(m.group(2) or "s").lower()]
         return float(m.group(1)) * factor
+
+    def rate(self, key: str) -> float | None:
+        """A positive number per second, or None when the key is absent."""
+        value = self.data.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise self.error(key, f"must be a number above 0 (per second), got {value!r}")
+        return float(value)
 
     def str_list(self, key: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
         value = self.data.get(key, list(default))
@@ -333,6 +395,107 @@ def _backend(parent: _Section, name: str) -> BackendConfig:
     )
 
 
+def _drop_rules(parent: _Section, key: str) -> tuple[DropRule, ...]:
+    value = parent.data.get(key) or []
+    if not isinstance(value, list):
+        raise parent.error(key, "must be a list of rules such as {span_name: GET /healthz}")
+    rules = []
+    for i in range(len(value)):
+        r = _Section(parent.doc, value[i], f"{parent._p(key)}[{i}]")
+        r.known("signal", "span_name", "attribute", "equals", "starts_with", "matches")
+        signal = r.text("signal", "traces", ("traces", "logs"))
+        rule = DropRule(
+            signal=signal,
+            span_name=r.opt_text("span_name"),
+            attribute=r.opt_text("attribute"),
+            equals=r.opt_text("equals"),
+            starts_with=r.opt_text("starts_with"),
+            matches=r.opt_text("matches"),
+        )
+        tests = [t for t in (rule.equals, rule.starts_with, rule.matches) if t is not None]
+        if rule.span_name is None and rule.attribute is None:
+            raise r.error("", "needs span_name or attribute")
+        if rule.span_name is not None and signal != "traces":
+            raise r.error("span_name", "applies to traces only")
+        if rule.attribute is not None and len(tests) != 1:
+            raise r.error("attribute", "needs exactly one of equals, starts_with, matches")
+        if rule.matches is not None:
+            try:
+                re.compile(rule.matches)
+            except re.error as exc:
+                raise r.error("matches", f"is not a valid regular expression: {exc}") from None
+        rules.append(rule)
+    return tuple(rules)
+
+
+def _backend_names(
+    section: _Section, key: str, backends: Mapping[str, BackendConfig]
+) -> tuple[str, ...]:
+    names = section.str_list(key)
+    for i, name in enumerate(names):
+        if name not in backends:
+            raise section.doc.error(
+                f"{section._p(key)}[{i}]",
+                f"no backend named {name!r}; defined backends: {', '.join(backends) or 'none'}",
+            )
+    return names
+
+
+def _tenant(
+    parent: _Section, name: str, backends: Mapping[str, BackendConfig], seen: dict[str, str]
+) -> TenantConfig:
+    t = parent.section(name)
+    if not _TENANT_NAME.match(name):
+        raise t.error("", "tenant names are letters, digits, '.', '_' and '-' (at most 63)")
+    t.known("api_keys", "backends", "signal_backends", "signals", "attributes", "quota", "drop")
+    keys = []
+    for i, key in enumerate(t.str_list("api_keys")):
+        digest = key.removeprefix(KEY_PREFIX).lower()
+        if not key.startswith(KEY_PREFIX) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise parent.doc.error(
+                f"{t._p('api_keys')}[{i}]",
+                "must be sha256:<64 hex digits>, as printed by `otlp-gateway keys new TENANT`"
+                " (never the key itself)",
+            )
+        if digest in seen:
+            raise parent.doc.error(
+                f"{t._p('api_keys')}[{i}]", f"the same key is also listed for tenant {seen[digest]}"
+            )
+        seen[digest] = name
+        keys.append(digest)
+    signals = t.str_list("signals", SIGNAL_NAMES)
+    for i, sig in enumerate(signals):
+        if sig not in SIGNAL_NAMES:
+            raise parent.doc.error(
+                f"{t._p('signals')}[{i}]", f"must be one of {', '.join(SIGNAL_NAMES)}; got {sig!r}"
+            )
+    sb = t.section("signal_backends")
+    sb.known(*SIGNAL_NAMES)
+    attributes = t.str_map("attributes")
+    if "tenant.id" in attributes:
+        raise t.error("attributes", "tenant.id is set by the gateway; leave it out")
+    q = t.section("quota")
+    q.known("max_request_bytes", "items_per_second", "bytes_per_second", "burst_seconds")
+    quota = Quota(
+        max_request_bytes=q.size("max_request_bytes", 0) if "max_request_bytes" in q.data else None,
+        items_per_second=q.rate("items_per_second"),
+        bytes_per_second=float(q.size("bytes_per_second", 1))
+        if "bytes_per_second" in q.data
+        else None,
+        burst_seconds=q.duration("burst_seconds", 2.0),
+    )
+    return TenantConfig(
+        name=name,
+        api_keys=tuple(keys),
+        backends=_backend_names(t, "backends", backends),
+        signal_backends={s: _backend_names(sb, s, backends) for s in SIGNAL_NAMES if s in sb.data},
+        signals=signals,
+        attributes=attributes,
+        quota=quota,
+        drop=_drop_rules(t, "drop"),
+    )
+
+
 def parse(
     text: str, source: str = "<config>", env: Mapping[str, str] | None = None
 ) -> GatewayConfig:
@@ -359,6 +522,9 @@ def parse(
         "server",
         "timeout_keep_alive",
         "shutdown_timeout",
+        "tenants",
+        "drop",
+        "reload_interval",
     )
     listen = top.str_list("listen", DEFAULT_LISTEN)
     if not listen:
@@ -374,13 +540,12 @@ def parse(
 
     backends_section = top.section("backends")
     backends = {name: _backend(backends_section, name) for name in backends_section.data}
-    service_backends = top.str_list("service_backends")
-    for i, name in enumerate(service_backends):
-        if name not in backends:
-            raise doc.error(
-                f"service_backends[{i}]",
-                f"no backend named {name!r}; defined backends: {', '.join(backends) or 'none'}",
-            )
+    service_backends = _backend_names(top, "service_backends", backends)
+    tenants = None
+    if "tenants" in top.data:
+        ts = top.section("tenants")
+        seen: dict[str, str] = {}
+        tenants = {name: _tenant(ts, name, backends, seen) for name in ts.data}
 
     tls = None
     if "tls" in top.data:
@@ -410,6 +575,9 @@ def parse(
         server=top.text("server", "hypercorn", ("hypercorn", "uvicorn")),
         timeout_keep_alive=top.duration("timeout_keep_alive", 75.0),
         shutdown_timeout=top.duration("shutdown_timeout", 10.0),
+        tenants=tenants,
+        drop=_drop_rules(top, "drop"),
+        reload_interval=top.duration("reload_interval", 2.0),
         source=source,
     )
 
@@ -420,4 +588,4 @@ def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> 
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read the config file: {exc.strerror}") from None
-    return parse(text, str(p), env)
+    return replace(parse(text, str(p), env), path=str(p))

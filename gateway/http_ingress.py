@@ -69,7 +69,7 @@ class OTLPHTTPEndpoint:
                 f"content-type {media_type or '(none)'!r} is not supported; "
                 f"send {PROTOBUF} or {JSON}"
             )
-        tenant = self._intake.auth.authenticate(headers)
+        tenant = self._intake.admit(self.signal, headers)
         cap = self._limits.max_body_bytes
         length = headers.get("content-length", "")
         try:

@@ -1,30 +1,28 @@
-"""The seam between the protocol front ends and the pipeline: what every transport calls once it
-has a validated request body."""
+"""The seam between the protocol front ends and the pipeline: what every transport calls, first
+with the request's headers (before the body is read), then with the validated body."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Protocol
 
 from .batch import Batch
+from .pipeline import Pipeline
 from .signals import Signal
-
-
-class Authenticator(Protocol):
-    def authenticate(self, headers: Mapping[str, str]) -> str:
-        """Return the tenant, or raise Unauthenticated/PermissionDenied."""
-        ...
-
-
-class Sink(Protocol):
-    def submit(self, batch: Batch) -> None: ...
+from .tenants import Directory, Tenant
 
 
 class Intake:
-    def __init__(self, auth: Authenticator, sink: Sink) -> None:
-        self.auth = auth
-        self._sink = sink
+    def __init__(self, directory: Directory, pipeline: Pipeline) -> None:
+        self.directory = directory  # replaced whole on a config reload
+        self._pipeline = pipeline
 
-    def accept(self, signal: Signal, payload: bytes, items: int, tenant: str) -> None:
+    def admit(self, signal: Signal, headers: Mapping[str, str]) -> Tenant:
+        """Authenticate; raises Unauthenticated / PermissionDenied."""
+        return self.directory.authenticate(headers, signal)
+
+    def accept(self, signal: Signal, payload: bytes, items: int, tenant: Tenant) -> None:
         """Hand a request to the pipeline; raises a GatewayError when it cannot be taken."""
-        self._sink.submit(Batch(signal, payload, items, tenant))
+        payload, items = tenant.prepare(signal, payload, items)
+        self._pipeline.submit(
+            Batch(signal, payload, items, tenant.name), tenant.routes[signal.name]
+        )

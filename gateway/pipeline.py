@@ -10,15 +10,16 @@ client's retry does not duplicate data into the destinations that did have room.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping
 
 from .batch import Batch
-from .config import RetryConfig
+from .config import BackendConfig, RetryConfig
 from .errors import Throttled, Unavailable
-from .exporters import Exporter, ExportError
+from .exporters import Exporter, ExportError, create_exporter
 
 log = logging.getLogger("otlp_gateway.pipeline")
 
@@ -37,14 +38,16 @@ class Destination:
         max_bytes: int,
         concurrency: int,
         retry: RetryConfig,
+        config: BackendConfig,
     ) -> None:
         self.name = name
+        self.config = config
+        self.retry = retry
         # Exporters are made in start(): their clients bind to the running event loop.
         self._exporter_factory = exporter_factory
         self._exporter: Exporter | None = None
         self._max_bytes = max_bytes
         self._concurrency = concurrency
-        self._retry = retry
         self._queue: asyncio.Queue[Batch | None] = asyncio.Queue()
         self._queued_bytes = 0  # queued and in delivery
         self._workers: list[asyncio.Task[None]] = []
@@ -84,7 +87,7 @@ class Destination:
 
     async def _deliver(self, batch: Batch) -> None:
         started = time.monotonic()
-        delay = self._retry.initial_interval
+        delay = self.retry.initial_interval
         attempt = 0
         while True:
             attempt += 1
@@ -102,7 +105,7 @@ class Destination:
                     if exc.retry_after is not None
                     else delay * random.uniform(0.5, 1.5)
                 )
-                if elapsed + wait > self._retry.max_elapsed:
+                if elapsed + wait > self.retry.max_elapsed:
                     self._drop(batch, f"gave up after {attempt} attempts in {elapsed:.0f}s: {exc}")
                     return
                 log.info(
@@ -115,7 +118,7 @@ class Destination:
                     exc,
                 )
                 await asyncio.sleep(wait)
-                delay = min(delay * 2, self._retry.max_interval)
+                delay = min(delay * 2, self.retry.max_interval)
             except Exception as exc:  # an exporter bug must not kill the worker
                 log.exception("backend %s: unexpected export failure", self.name)
                 self._drop(batch, f"unexpected error: {exc!r}")
@@ -158,44 +161,81 @@ class Destination:
 
 
 class Pipeline:
-    """Routes accepted batches to the destinations configured for them."""
+    """Routes accepted batches to the destinations named for them."""
 
-    def __init__(
-        self, destinations: Mapping[str, Destination], service_backends: Iterable[str]
-    ) -> None:
-        self.destinations = dict(destinations)
-        self._service = tuple(self.destinations[name] for name in service_backends)
+    def __init__(self, backends: Mapping[str, BackendConfig], retry: RetryConfig) -> None:
+        self.destinations: dict[str, Destination] = {}
         self._accepting = False
+        self._started = False
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._drain_timeout = 10.0
+        self.reconfigure(backends, retry)
 
-    async def start(self) -> None:
+    @staticmethod
+    def _destination(config: BackendConfig, retry: RetryConfig) -> Destination:
+        return Destination(
+            config.name,
+            functools.partial(create_exporter, config),
+            max_bytes=config.queue_max_bytes,
+            concurrency=config.concurrency,
+            retry=retry,
+            config=config,
+        )
+
+    def reconfigure(self, backends: Mapping[str, BackendConfig], retry: RetryConfig) -> None:
+        """Take a new set of backends: unchanged ones keep their queue; changed or removed ones
+        deliver what they have queued in the background and then close."""
+        new: dict[str, Destination] = {}
+        for name, config in backends.items():
+            old = self.destinations.get(name)
+            if old is not None and old.config == config and old.retry == retry:
+                new[name] = old
+            else:
+                new[name] = self._destination(config, retry)
+                if self._started:
+                    new[name].start()
+        retired = [d for name, d in self.destinations.items() if new.get(name) is not d]
+        self.destinations = new
+        for d in retired:
+            task = asyncio.get_running_loop().create_task(self._retire(d))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
+    async def _retire(self, destination: Destination) -> None:
+        deadline = asyncio.get_running_loop().time() + self._drain_timeout
+        await destination.drain(deadline)
+
+    async def start(self, drain_timeout: float) -> None:
+        self._drain_timeout = drain_timeout
         for d in self.destinations.values():
             d.start()
+        self._started = True
         self._accepting = True
 
-    def routes(self, batch: Batch) -> tuple[Destination, ...]:
-        return self._service
-
-    def submit(self, batch: Batch) -> None:
-        """Accept a batch for delivery, or raise Throttled/Unavailable (retryable)."""
+    def submit(self, batch: Batch, targets: Iterable[str]) -> None:
+        """Accept a batch for delivery to the named backends, or raise Throttled/Unavailable
+        (both retryable)."""
         if not self._accepting:
             raise Unavailable(
                 "the gateway is shutting down; retry against another replica", retry_after=1.0
             )
         if batch.items == 0:
             return
-        targets = self.routes(batch)
+        destinations = [self.destinations[name] for name in targets]
         size = len(batch.payload)
-        for d in targets:
+        for d in destinations:
             if not d.has_room(size):
                 raise Throttled(
                     f"the queue for backend {d.name} is full; retry after "
                     f"{FULL_QUEUE_RETRY_AFTER:.0f}s",
                     retry_after=FULL_QUEUE_RETRY_AFTER,
                 )
-        for d in targets:
+        for d in destinations:
             d.put(batch)
 
     async def shutdown(self, timeout: float) -> None:
         self._accepting = False
         deadline = asyncio.get_running_loop().time() + timeout
-        await asyncio.gather(*(d.drain(deadline) for d in self.destinations.values()))
+        await asyncio.gather(
+            *(d.drain(deadline) for d in self.destinations.values()), *self._retiring
+        )

@@ -44,6 +44,7 @@ from ._gen.opentelemetry.proto.collector.trace.v1.trace_service_connect import (
 from .errors import GatewayError, GrpcCode
 from .intake import Intake
 from .signals import LOGS, METRICS, PROFILES, TRACES, Signal
+from .tenants import Tenant
 
 _APPLICATIONS: dict[str, Callable[..., Any]] = {
     TRACES.name: TraceServiceASGIApplication,
@@ -67,6 +68,8 @@ _CODES = {
 # pins every frame in between (with the request's buffers, up to the body cap) until a full GC.
 # RPCService drops their tracebacks once the request is answered.
 _RAISED: ContextVar[list[BaseException] | None] = ContextVar("_RAISED", default=None)
+# The tenant of the request being served, settled by RPCService before connect-python runs.
+_TENANT: ContextVar[Tenant | None] = ContextVar("_TENANT", default=None)
 
 
 def _tracked(error: ConnectError) -> ConnectError:
@@ -123,10 +126,10 @@ class _ExportService:
         self._response = signal.response_type()
 
     async def export(self, request: RawRequest, ctx: RequestContext[Any, Any]) -> Message:
-        payload, items = request.data, request.items
+        tenant = _TENANT.get()
+        assert tenant is not None  # a refused request never reaches export()
         try:
-            tenant = self._intake.auth.authenticate(ctx.request_headers())
-            self._intake.accept(self._signal, payload, items, tenant)
+            self._intake.accept(self._signal, request.data, request.items, tenant)
         except GatewayError as error:
             if error.retry_after is not None:
                 ctx.response_headers()["retry-after"] = str(max(1, round(error.retry_after)))
@@ -202,6 +205,7 @@ class RPCService:
 
     def __init__(self, signal: Signal, intake: Intake, limits_: limits.Limits) -> None:
         self.signal = signal
+        self._intake = intake
         self._limits = limits_
         service = _ExportService(signal, intake)
         app_type = _APPLICATIONS[signal.name]
@@ -228,21 +232,28 @@ class RPCService:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        content_length = b""
-        for k, v in scope["headers"]:
-            if k == b"content-length":
-                content_length = v
-                break
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        length = headers.get("content-length", "")
+        drain = not length.isdigit() or int(length) <= limits.DISCARD_LIMIT
         cap = self._limits.max_body_bytes
-        if content_length.isdigit() and int(content_length) > cap:
-            receive = _refuse_body(receive, cap, drain=int(content_length) <= limits.DISCARD_LIMIT)
-        else:
-            receive = _capped(receive, cap)
+        tenant = None
         raised: list[BaseException] = []
         token = _RAISED.set(raised)
         try:
+            # Who is asking is settled from the headers, before the body is read.
+            tenant = self._intake.admit(self.signal, headers)
+        except GatewayError as refusal:
+            receive = _refuse_body(receive, to_connect_error(refusal), drain=drain)
+        else:
+            if length.isdigit() and int(length) > cap:
+                receive = _refuse_body(receive, _too_large(cap), drain=drain)
+            else:
+                receive = _capped(receive, cap)
+        tenant_token = _TENANT.set(tenant)
+        try:
             await self.app(scope, receive, send)
         finally:
+            _TENANT.reset(tenant_token)
             _RAISED.reset(token)
             for error in raised:
                 # Breaks the cycles: frees the request's buffers now. The context (the error we
@@ -258,11 +269,13 @@ def _too_large(cap: int) -> ConnectError:
     )
 
 
-def _refuse_body(receive: Receive, cap: int, *, drain: bool) -> Receive:
+def _refuse_body(receive: Receive, error: ConnectError, *, drain: bool) -> Receive:
+    """A receive() that answers the request with `error` (after reading the body away)."""
+
     async def refuse() -> ASGIMessage:
         if drain:
             await limits.discard_body(receive)
-        raise _too_large(cap)
+        raise _tracked(error)
 
     return refuse
 

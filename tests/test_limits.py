@@ -285,14 +285,17 @@ def test_refused_rpc_request_leaves_nothing_behind(
     request once it has answered, even with the cycle collector off: connect-python keeps the
     caught error in a frame its traceback points back to, and that cycle used to pin the
     request's buffers (~30 MiB for a 15 MiB message) until the next full collection."""
-    from gateway.auth import OpenAuth
+    from gateway.config import GatewayConfig
     from gateway.intake import Intake
     from gateway.pipeline import Pipeline
     from gateway.rpc_ingress import RPCService
     from gateway.signals import TRACES
+    from gateway.tenants import Directory
 
     # a pipeline that was never started refuses valid requests as UNAVAILABLE
-    service = RPCService(TRACES, Intake(OpenAuth(), Pipeline({}, ())), limits.Limits())
+    config = GatewayConfig()
+    intake = Intake(Directory(config), Pipeline(config.backends, config.retry))
+    service = RPCService(TRACES, intake, limits.Limits())
     body = make_body()
     chunks = [body[i : i + MB] for i in range(0, len(body), MB)]
     del body

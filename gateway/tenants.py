@@ -1,0 +1,138 @@
+"""Who sent a request, and what that tenant's data goes through: API key -> tenant in one step,
+allowed signals, quota, drop rules, enrichment and routes.
+
+A Directory is built from one config and never changes; a reload builds a new one (keeping the
+quota buckets of tenants whose quota did not change) and swaps it in.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Mapping
+
+from . import keys
+from .config import DEFAULT_TENANT, GatewayConfig, TenantConfig
+from .drop import DropFilter
+from .enrich import ResourceEnricher
+from .errors import PermissionDenied, RequestTooLarge, Throttled, Unauthenticated
+from .limits import too_large_message
+from .quota import Quota
+from .signals import SIGNALS, Signal
+
+log = logging.getLogger("otlp_gateway.tenants")
+
+MISSING_KEY = (
+    "missing API key: send `authorization: Bearer <key>` (OTEL_EXPORTER_OTLP_HEADERS="
+    "authorization=Bearer%20<key>) or `x-api-key: <key>`"
+)
+WRONG_KEY = "the API key is not valid (mistyped, or revoked); ask the gateway's operators for one"
+
+
+def _unique(names: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(names))
+
+
+class Tenant:
+    def __init__(
+        self,
+        config: TenantConfig,
+        service_backends: tuple[str, ...],
+        drop: DropFilter | None,
+        quota: Quota | None,
+        enrich: bool,
+    ) -> None:
+        self.name = config.name
+        self.config = config
+        self.signals = frozenset(config.signals)
+        self.routes = {
+            s.name: _unique(
+                service_backends + config.backends + config.signal_backends.get(s.name, ())
+            )
+            for s in SIGNALS
+        }
+        self.enricher = ResourceEnricher(config.name, config.attributes) if enrich else None
+        self.drop = drop
+        self.quota = quota
+        self.max_request_bytes = config.quota.max_request_bytes
+
+    def check_signal(self, signal: Signal) -> None:
+        if signal.name not in self.signals:
+            raise PermissionDenied(
+                f"tenant {self.name} may not send {signal.name}; "
+                f"allowed: {', '.join(sorted(self.signals))}"
+            )
+
+    def prepare(self, signal: Signal, payload: bytes, items: int) -> tuple[bytes, int]:
+        """Apply the tenant's quota, drop rules and enrichment; return what to forward."""
+        if self.max_request_bytes is not None and len(payload) > self.max_request_bytes:
+            raise RequestTooLarge(too_large_message("the request", self.max_request_bytes))
+        if self.quota is not None:
+            wait = self.quota.admit(items, len(payload))
+            if wait > 0:
+                raise Throttled(
+                    f"tenant {self.name} is over its rate quota; retry after {wait:.1f}s",
+                    retry_after=wait,
+                )
+        if self.drop is not None and self.drop.applies(signal):
+            payload, dropped = self.drop.apply(signal, payload)
+            items -= dropped
+        if self.enricher is not None and items:
+            payload = self.enricher.apply(signal, payload)
+        return payload, items
+
+
+class Directory:
+    def __init__(self, config: GatewayConfig, previous: Directory | None = None) -> None:
+        self.open = config.tenants is None
+        global_rules = list(config.drop)
+        old = previous.tenants if previous is not None else {}
+        tenant_configs = (
+            {DEFAULT_TENANT: TenantConfig(name=DEFAULT_TENANT)}
+            if config.tenants is None
+            else config.tenants
+        )
+        self.tenants: dict[str, Tenant] = {}
+        self._by_digest: dict[bytes, Tenant] = {}
+        for name, tc in tenant_configs.items():
+            rules = global_rules + list(tc.drop)
+            quota = None
+            q = tc.quota
+            if q.items_per_second or q.bytes_per_second:
+                prev = old.get(name)
+                same = prev is not None and prev.quota is not None and prev.config.quota == q
+                quota = (
+                    prev.quota
+                    if same and prev is not None
+                    else Quota(q.items_per_second, q.bytes_per_second, q.burst_seconds)
+                )
+            tenant = Tenant(
+                tc,
+                config.service_backends,
+                DropFilter(rules) if rules else None,
+                quota,
+                enrich=not self.open,
+            )
+            self.tenants[name] = tenant
+            for hexdigest in tc.api_keys:
+                self._by_digest[bytes.fromhex(hexdigest)] = tenant
+
+    def authenticate(self, headers: Mapping[str, str], signal: Signal) -> Tenant:
+        """The tenant a request's key belongs to; raises Unauthenticated / PermissionDenied."""
+        if self.open:
+            return self.tenants[DEFAULT_TENANT]
+        named, key = keys.credentials(headers)
+        if key is None:
+            raise Unauthenticated(MISSING_KEY)
+        presented = bytes.fromhex(keys.digest(key))
+        tenant = self._by_digest.get(presented)
+        # Keys are compared as SHA-256 digests (the lookup cannot leak a key's characters); the
+        # final comparison is constant-time all the same.
+        if tenant is None or not any(
+            hmac.compare_digest(presented, bytes.fromhex(d)) for d in tenant.config.api_keys
+        ):
+            raise Unauthenticated(WRONG_KEY)
+        if named is not None and named != tenant.name:
+            raise Unauthenticated(WRONG_KEY)
+        tenant.check_signal(signal)
+        return tenant
