@@ -66,7 +66,7 @@ def create_app(config: GatewayConfig) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await pipeline.start(config.shutdown_timeout)
+        await pipeline.start()
         log.info("forwarding to %s", ", ".join(config.service_backends) or "no service backends")
         if config.tenants is None:
             log.warning(

@@ -103,8 +103,7 @@ class OTLPHTTPEndpoint:
             items = wire.count_items(self.signal, data)
         except wire.WireError as exc:
             raise InvalidRequest(
-                f"the body is not a valid protobuf Export{self.signal.name.capitalize()}"
-                f"ServiceRequest ({exc})"
+                f"the body is not a valid protobuf {self.signal.request_type.__name__} ({exc})"
             ) from None
         self._intake.accept(self.signal, data, items, tenant)
         return b"{}" if media_type == JSON else self._empty

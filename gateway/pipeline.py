@@ -50,6 +50,7 @@ class Destination:
         self._concurrency = concurrency
         self._queue: asyncio.Queue[Batch | None] = asyncio.Queue()
         self._queued_bytes = 0  # queued and in delivery
+        self._delivering_items = 0
         self._workers: list[asyncio.Task[None]] = []
         self.delivered_items = 0
         self.dropped_items = 0
@@ -80,10 +81,22 @@ class Destination:
 
     async def _work(self) -> None:
         while (batch := await self._queue.get()) is not None:
+            self._delivering_items += batch.items
             try:
                 await self._deliver(batch)
             finally:
+                self._delivering_items -= batch.items
                 self._queued_bytes -= len(batch.payload)
+
+    def take_queued(self) -> list[Batch]:
+        """Remove and return the batches not yet being delivered (for a replacement destination)."""
+        taken = []
+        while not self._queue.empty():
+            batch = self._queue.get_nowait()
+            if batch is not None:
+                taken.append(batch)
+                self._queued_bytes -= len(batch.payload)
+        return taken
 
     async def _deliver(self, batch: Batch) -> None:
         started = time.monotonic()
@@ -145,17 +158,18 @@ class Destination:
         for _ in self._workers:
             self._queue.put_nowait(None)  # each worker stops when it reaches one
         timeout = max(0.0, deadline - asyncio.get_running_loop().time())
+        left = 0
         if self._workers:
             _, pending = await asyncio.wait(self._workers, timeout=timeout)
+            left += self._delivering_items  # in delivery (retrying) when the deadline came
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        left = 0
-        while not self._queue.empty():
-            batch = self._queue.get_nowait()
-            left += batch.items if batch else 0
+        left += sum(b.items for b in self.take_queued())
         if left:
-            log.error("backend %s: %d items still queued at shutdown were lost", self.name, left)
+            log.error(
+                "backend %s: %d items not delivered by the deadline were lost", self.name, left
+            )
         if self._exporter is not None:
             await self._exporter.aclose()
 
@@ -168,7 +182,6 @@ class Pipeline:
         self._accepting = False
         self._started = False
         self._retiring: set[asyncio.Task[None]] = set()
-        self._drain_timeout = 10.0
         self.reconfigure(backends, retry)
 
     @staticmethod
@@ -190,10 +203,13 @@ class Pipeline:
             old = self.destinations.get(name)
             if old is not None and old.config == config and old.retry == retry:
                 new[name] = old
-            else:
-                new[name] = self._destination(config, retry)
-                if self._started:
-                    new[name].start()
+                continue
+            new[name] = self._destination(config, retry)
+            if self._started:
+                new[name].start()
+            if old is not None:  # what the old one had not started on goes out the new way
+                for batch in old.take_queued():
+                    new[name].put(batch)
         retired = [d for name, d in self.destinations.items() if new.get(name) is not d]
         self.destinations = new
         for d in retired:
@@ -202,11 +218,11 @@ class Pipeline:
             task.add_done_callback(self._retiring.discard)
 
     async def _retire(self, destination: Destination) -> None:
-        deadline = asyncio.get_running_loop().time() + self._drain_timeout
+        # What it is delivering keeps its full retry budget; a shutdown cuts it short.
+        deadline = asyncio.get_running_loop().time() + destination.retry.max_elapsed
         await destination.drain(deadline)
 
-    async def start(self, drain_timeout: float) -> None:
-        self._drain_timeout = drain_timeout
+    async def start(self) -> None:
         for d in self.destinations.values():
             d.start()
         self._started = True
@@ -235,7 +251,12 @@ class Pipeline:
 
     async def shutdown(self, timeout: float) -> None:
         self._accepting = False
-        deadline = asyncio.get_running_loop().time() + timeout
-        await asyncio.gather(
-            *(d.drain(deadline) for d in self.destinations.values()), *self._retiring
-        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        retiring = list(self._retiring)
+        await asyncio.gather(*(d.drain(deadline) for d in self.destinations.values()))
+        if retiring:  # retired destinations get the same deadline as the rest
+            _, pending = await asyncio.wait(retiring, timeout=max(0.0, deadline - loop.time()))
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)

@@ -69,11 +69,11 @@ class Reloader:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGHUP, self.reload, "SIGHUP")
         try:
-            interval = self.config.reload_interval
-            if self.config.path is None or interval <= 0:
-                await asyncio.Event().wait()  # signals only
             while True:
-                await asyncio.sleep(interval)
+                interval = self.config.reload_interval  # a reload may change it
+                await asyncio.sleep(interval if interval > 0 else 1.0)
+                if interval <= 0 or self.config.path is None:
+                    continue  # SIGHUP only
                 current = self._read_fingerprint()
                 if current is not None and current != self._fingerprint:
                     self.reload("file changed")

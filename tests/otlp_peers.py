@@ -210,7 +210,7 @@ def wait_ready(gw: Gateway, *, tls: bool = False, timeout: float = 20.0) -> None
                     verify=False,
                     timeout=1.0,
                 )
-                if r.status_code == 200:
+                if r.status_code in (200, 401):  # 401: serving, with tenants configured
                     break
             except httpx.HTTPError:
                 pass
