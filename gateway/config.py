@@ -34,6 +34,17 @@ class ClientTLS:
     insecure: bool = False  # skip certificate verification (http/* only)
 
 
+MEMORY_QUEUE_BYTES = 64 * 1024 * 1024
+DURABLE_QUEUE_BYTES = 1024 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class QueueConfig:
+    durable: bool = False
+    directory: str = "./otlp-queue"  # durable queues live in <directory>/<backend>[@<tenant>]
+    max_bytes: int = MEMORY_QUEUE_BYTES  # per destination (disk bytes when durable)
+
+
 @dataclass(frozen=True, slots=True)
 class BackendConfig:
     name: str
@@ -45,7 +56,8 @@ class BackendConfig:
     timeout: float = 10.0
     tls: ClientTLS = ClientTLS()
     concurrency: int = 4
-    queue_max_bytes: int = 64 * 1024 * 1024
+    queue: QueueConfig = QueueConfig()
+    batch_max_bytes: int = 4 * 1024 * 1024  # queued requests merge up to this; bigger ones split
     # file backend
     path: str = ""
     rotate_bytes: int = 100 * 1024 * 1024
@@ -336,7 +348,20 @@ def _check_listen(top: _Section, addresses: tuple[str, ...]) -> None:
             raise top.error("listen", f"{address!r} is not host:port (for example 0.0.0.0:4317)")
 
 
-def _backend(parent: _Section, name: str) -> BackendConfig:
+def _queue(section: _Section, base: QueueConfig) -> QueueConfig:
+    section.known("durable", "directory", "max_bytes")
+    durable = section.flag("durable", base.durable)
+    default_size = base.max_bytes
+    if "max_bytes" not in section.data and durable != base.durable:
+        default_size = DURABLE_QUEUE_BYTES if durable else MEMORY_QUEUE_BYTES
+    return QueueConfig(
+        durable=durable,
+        directory=section.text("directory", base.directory),
+        max_bytes=section.size("max_bytes", default_size),
+    )
+
+
+def _backend(parent: _Section, name: str, queue_base: QueueConfig) -> BackendConfig:
     b = parent.section(name)
     b.known(
         "protocol",
@@ -348,6 +373,7 @@ def _backend(parent: _Section, name: str) -> BackendConfig:
         "tls",
         "concurrency",
         "queue",
+        "batch_max_bytes",
         "path",
         "rotate_bytes",
         "max_files",
@@ -358,8 +384,7 @@ def _backend(parent: _Section, name: str) -> BackendConfig:
     tls = ClientTLS(
         ca_file=tls_section.opt_text("ca_file"), insecure=tls_section.flag("insecure", False)
     )
-    queue = b.section("queue")
-    queue.known("max_bytes")
+    queue = _queue(b.section("queue"), queue_base)
     endpoint = ""
     path = ""
     if protocol == "file":
@@ -388,7 +413,8 @@ def _backend(parent: _Section, name: str) -> BackendConfig:
         timeout=b.duration("timeout", 10.0),
         tls=tls,
         concurrency=b.integer("concurrency", 4, minimum=1),
-        queue_max_bytes=queue.size("max_bytes", 64 * 1024 * 1024),
+        queue=queue,
+        batch_max_bytes=b.size("batch_max_bytes", 4 * 1024 * 1024),
         path=path,
         rotate_bytes=b.size("rotate_bytes", 100 * 1024 * 1024),
         max_files=b.integer("max_files", 10, minimum=1),
@@ -525,6 +551,7 @@ def parse(
         "tenants",
         "drop",
         "reload_interval",
+        "queue",
     )
     listen = top.str_list("listen", DEFAULT_LISTEN)
     if not listen:
@@ -539,7 +566,14 @@ def parse(
     )
 
     backends_section = top.section("backends")
-    backends = {name: _backend(backends_section, name) for name in backends_section.data}
+    queue_section = top.section("queue")
+    base = QueueConfig()
+    if queue_section.flag("durable", False):
+        base = QueueConfig(durable=True, max_bytes=DURABLE_QUEUE_BYTES)
+    queue_base = _queue(queue_section, base)
+    backends = {
+        name: _backend(backends_section, name, queue_base) for name in backends_section.data
+    }
     service_backends = _backend_names(top, "service_backends", backends)
     tenants = None
     if "tenants" in top.data:

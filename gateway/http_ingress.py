@@ -105,7 +105,7 @@ class OTLPHTTPEndpoint:
             raise InvalidRequest(
                 f"the body is not a valid protobuf {self.signal.request_type.__name__} ({exc})"
             ) from None
-        self._intake.accept(self.signal, data, items, tenant)
+        await self._intake.accept(self.signal, data, items, tenant)
         return b"{}" if media_type == JSON else self._empty
 
     async def _respond(

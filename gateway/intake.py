@@ -20,9 +20,8 @@ class Intake:
         """Authenticate; raises Unauthenticated / PermissionDenied."""
         return self.directory.authenticate(headers, signal)
 
-    def accept(self, signal: Signal, payload: bytes, items: int, tenant: Tenant) -> None:
+    async def accept(self, signal: Signal, payload: bytes, items: int, tenant: Tenant) -> None:
         """Hand a request to the pipeline; raises a GatewayError when it cannot be taken."""
         payload, items = tenant.prepare(signal, payload, items)
-        self._pipeline.submit(
-            Batch(signal, payload, items, tenant.name), tenant.routes[signal.name]
-        )
+        batch = Batch(signal, payload, items, tenant.name)
+        await self._pipeline.submit(batch, tenant.routes[signal.name])

@@ -1,118 +1,160 @@
 """Routing and delivery: every batch goes to each of its destinations' queues; each destination
 has its own queue, workers and retry, so one slow or failing backend never holds back another.
 
-Per destination: queue -> retry -> timeout -> send (the exporter does the sending and its own
-timeout). A batch is accepted only when every destination has room for it; otherwise the client is
-told to come back later (429 / RESOURCE_EXHAUSTED with a retry delay) and nothing is enqueued, so a
-client's retry does not duplicate data into the destinations that did have room.
+A destination is a backend, or a backend and a tenant when the backend's headers name the tenant
+(`{tenant}`): then each tenant has its own queue, and one tenant's failures (a 401 or 429 for its
+org id) never hold back another's data.
+
+Per destination: queue -> merge -> retry -> timeout -> send (the exporter does the sending and
+its own timeout). A batch is accepted only when every destination has room for it and, with
+durable queues, once it is on disk in every one of them; otherwise the client is told to come back
+later (429 / RESOURCE_EXHAUSTED with a retry delay) and nothing is enqueued, so a client's retry
+does not duplicate data into the destinations that did have room.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import random
+import re
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Coroutine, Iterable, Mapping
+from pathlib import Path
 
 from .batch import Batch
 from .config import BackendConfig, RetryConfig
 from .errors import Throttled, Unavailable
 from .exporters import Exporter, ExportError, create_exporter
+from .queues import DurableQueue, MemoryQueue, Queue
+from .spool import SpoolError, SpoolFull
 
 log = logging.getLogger("otlp_gateway.pipeline")
 
 # What a client is told to wait when a destination queue is full.
 FULL_QUEUE_RETRY_AFTER = 1.0
 
+Key = tuple[str, str | None]  # (backend, tenant when the backend's headers name the tenant)
+
+
+def _dir_name(backend: str, tenant: str | None) -> str:
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", backend)
+    return safe if tenant is None else f"{safe}@{tenant}"
+
+
+def make_queue(config: BackendConfig, tenant: str | None) -> Queue:
+    q = config.queue
+    if q.durable:
+        return DurableQueue(Path(q.directory) / _dir_name(config.name, tenant), q.max_bytes)
+    return MemoryQueue(q.max_bytes)
+
 
 class Destination:
-    """One backend's queue and delivery workers."""
+    """The workers that deliver one queue's batches with one backend config. On a reload that
+    changes the backend, a new Destination takes over the same queue."""
 
-    def __init__(
-        self,
-        name: str,
-        exporter_factory: Callable[[], Exporter],
-        *,
-        max_bytes: int,
-        concurrency: int,
-        retry: RetryConfig,
-        config: BackendConfig,
-    ) -> None:
+    def __init__(self, name: str, config: BackendConfig, retry: RetryConfig, queue: Queue) -> None:
         self.name = name
         self.config = config
         self.retry = retry
-        # Exporters are made in start(): their clients bind to the running event loop.
-        self._exporter_factory = exporter_factory
-        self._exporter: Exporter | None = None
-        self._max_bytes = max_bytes
-        self._concurrency = concurrency
-        self._queue: asyncio.Queue[Batch | None] = asyncio.Queue()
-        self._queued_bytes = 0  # queued and in delivery
-        self._delivering_items = 0
+        self.queue = queue
+        self._exporter: Exporter | None = None  # made in start(): it binds to the running loop
         self._workers: list[asyncio.Task[None]] = []
+        self._idle: set[asyncio.Task[None] | None] = set()
+        self._mode = "run"  # "run", "retire" (hand the queue over), "drain" (shutdown)
+        self._in_hand_items = 0  # taken from the queue, not yet delivered or dropped
         self.delivered_items = 0
         self.dropped_items = 0
         self.last_error: str | None = None
 
-    @property
-    def queued_bytes(self) -> int:
-        return self._queued_bytes
-
-    @property
-    def depth(self) -> int:
-        return self._queue.qsize()
-
-    def has_room(self, size: int) -> bool:
-        # An empty queue takes any batch, so one batch larger than max_bytes is not refused forever.
-        return self._queued_bytes == 0 or self._queued_bytes + size <= self._max_bytes
-
-    def put(self, batch: Batch) -> None:
-        self._queued_bytes += len(batch.payload)
-        self._queue.put_nowait(batch)
-
     def start(self) -> None:
-        self._exporter = self._exporter_factory()
+        self._exporter = create_exporter(self.config)
         self._workers = [
             asyncio.create_task(self._work(), name=f"export-{self.name}-{i}")
-            for i in range(self._concurrency)
+            for i in range(self.config.concurrency)
         ]
 
+    def _should_stop(self) -> bool:
+        return self._mode == "retire" or (self._mode == "drain" and self.queue.depth == 0)
+
     async def _work(self) -> None:
-        while (batch := await self._queue.get()) is not None:
-            self._delivering_items += batch.items
-            try:
-                await self._deliver(batch)
-            finally:
-                self._delivering_items -= batch.items
-                self._queued_bytes -= len(batch.payload)
+        me = asyncio.current_task()
+        carry: tuple[int, Batch] | None = None
+        while True:
+            if carry is not None:
+                token, batch = carry
+                carry = None
+            else:
+                if self._should_stop():
+                    return
+                self._idle.add(me)
+                try:
+                    token, batch = await self.queue.get()
+                finally:
+                    self._idle.discard(me)
+                self._in_hand_items += batch.items
+            # Merge what is already queued for the same signal and tenant (concatenated export
+            # requests are one valid request); never wait for more, so no latency is added.
+            tokens, parts, size = [token], [batch], len(batch.payload)
+            while size < self.config.batch_max_bytes:
+                nxt = self.queue.get_nowait()
+                if nxt is None:
+                    break
+                b = nxt[1]
+                self._in_hand_items += b.items
+                if (
+                    b.signal is batch.signal
+                    and b.tenant == batch.tenant
+                    and size + len(b.payload) <= self.config.batch_max_bytes
+                ):
+                    tokens.append(nxt[0])
+                    parts.append(b)
+                    size += len(b.payload)
+                else:
+                    carry = nxt
+                    break
+            await self._deliver_parts(parts)
+            for t, part in zip(tokens, parts, strict=True):
+                self.queue.ack(t)  # only now: a cancelled delivery stays queued (on disk)
+                self._in_hand_items -= part.items
 
-    def take_queued(self) -> list[Batch]:
-        """Remove and return the batches not yet being delivered (for a replacement destination)."""
-        taken = []
-        while not self._queue.empty():
-            batch = self._queue.get_nowait()
-            if batch is not None:
-                taken.append(batch)
-                self._queued_bytes -= len(batch.payload)
-        return taken
+    async def _deliver_parts(self, parts: list[Batch]) -> None:
+        first = parts[0]
+        merged = (
+            first
+            if len(parts) == 1
+            else Batch(
+                first.signal,
+                b"".join(p.payload for p in parts),
+                sum(p.items for p in parts),
+                first.tenant,
+            )
+        )
+        too_large = await self._deliver(merged, last=len(parts) == 1)
+        if too_large:  # the backend refused the merged batch as too large: send the parts alone
+            for part in parts:
+                await self._deliver(part, last=True)
 
-    async def _deliver(self, batch: Batch) -> None:
+    async def _deliver(self, batch: Batch, *, last: bool) -> bool:
+        """Deliver with the OTLP retry rules. Returns True when the backend refused the batch as
+        too large and `last` is False (the caller splits it); otherwise it is delivered or
+        dropped (counted and logged)."""
         started = time.monotonic()
         delay = self.retry.initial_interval
         attempt = 0
+        assert self._exporter is not None
         while True:
             attempt += 1
-            assert self._exporter is not None
             try:
                 await self._exporter.export(batch)
             except ExportError as exc:
                 self.last_error = str(exc)
                 elapsed = time.monotonic() - started
+                if exc.too_large and not last:
+                    return True
                 if not exc.retryable:
                     self._drop(batch, f"permanent error: {exc}")
-                    return
+                    return False
                 wait = (
                     exc.retry_after
                     if exc.retry_after is not None
@@ -120,7 +162,7 @@ class Destination:
                 )
                 if elapsed + wait > self.retry.max_elapsed:
                     self._drop(batch, f"gave up after {attempt} attempts in {elapsed:.0f}s: {exc}")
-                    return
+                    return False
                 log.info(
                     "backend %s: attempt %d for %d %s failed, retrying in %.1fs: %s",
                     self.name,
@@ -135,11 +177,11 @@ class Destination:
             except Exception as exc:  # an exporter bug must not kill the worker
                 log.exception("backend %s: unexpected export failure", self.name)
                 self._drop(batch, f"unexpected error: {exc!r}")
-                return
+                return False
             else:
                 self.delivered_items += batch.items
                 self.last_error = None
-                return
+                return False
 
     def _drop(self, batch: Batch, reason: str) -> None:
         self.dropped_items += batch.items
@@ -152,111 +194,192 @@ class Destination:
             reason,
         )
 
-    async def drain(self, deadline: float) -> None:
-        """Stop taking new work once the queue is empty, deliver what is queued until `deadline`
-        (a loop.time() value), then cancel what is left."""
-        for _ in self._workers:
-            self._queue.put_nowait(None)  # each worker stops when it reaches one
-        timeout = max(0.0, deadline - asyncio.get_running_loop().time())
-        left = 0
-        if self._workers:
-            _, pending = await asyncio.wait(self._workers, timeout=timeout)
-            left += self._delivering_items  # in delivery (retrying) when the deadline came
-            for task in pending:
+    def _cancel_idle(self) -> None:
+        for task in list(self._idle):
+            if task is not None:
                 task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-        left += sum(b.items for b in self.take_queued())
-        if left:
-            log.error(
-                "backend %s: %d items not delivered by the deadline were lost", self.name, left
-            )
+
+    async def _stop(self, deadline: float) -> int:
+        """Wait for the workers until `deadline` (loop time), then cancel them. Returns the items
+        they held when cancelled."""
+        if self._should_stop():
+            self._cancel_idle()  # waiting for a batch that will not come
+        lost = 0
+        if self._workers:
+            timeout = max(0.0, deadline - asyncio.get_running_loop().time())
+            _, pending = await asyncio.wait(self._workers, timeout=timeout)
+            if pending:
+                lost = self._in_hand_items
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
         if self._exporter is not None:
             await self._exporter.aclose()
+        return lost
+
+    async def retire(self, deadline: float) -> None:
+        """Hand the queue over: finish the batches in hand (up to `deadline`), take no more."""
+        self._mode = "retire"
+        lost = await self._stop(deadline)
+        if lost and not self.queue.durable:
+            log.error("backend %s: %d items in delivery at the deadline were lost", self.name, lost)
+
+    async def drain(self, deadline: float) -> None:
+        """Shutdown: deliver what is queued until `deadline`, then stop. A durable queue keeps
+        what is left for the next start."""
+        self._mode = "drain"
+        lost = await self._stop(deadline)
+        if not self.queue.durable:
+            lost += self.queue.pending_items()
+            if lost:
+                log.error(
+                    "backend %s: %d items not delivered by the deadline were lost", self.name, lost
+                )
+        elif self.queue.depth:
+            log.info(
+                "backend %s: %d queued batches stay on disk for the next start",
+                self.name,
+                self.queue.depth,
+            )
 
 
 class Pipeline:
     """Routes accepted batches to the destinations named for them."""
 
     def __init__(self, backends: Mapping[str, BackendConfig], retry: RetryConfig) -> None:
-        self.destinations: dict[str, Destination] = {}
+        self.backends: dict[str, BackendConfig] = dict(backends)
+        self.retry = retry
+        self.destinations: dict[Key, Destination] = {}
+        self._queues: dict[Key, Queue] = {}
+        self._opening: dict[Key, asyncio.Future[Destination]] = {}
         self._accepting = False
-        self._started = False
         self._retiring: set[asyncio.Task[None]] = set()
-        self.reconfigure(backends, retry)
 
     @staticmethod
-    def _destination(config: BackendConfig, retry: RetryConfig) -> Destination:
-        return Destination(
-            config.name,
-            functools.partial(create_exporter, config),
-            max_bytes=config.queue_max_bytes,
-            concurrency=config.concurrency,
-            retry=retry,
-            config=config,
-        )
-
-    def reconfigure(self, backends: Mapping[str, BackendConfig], retry: RetryConfig) -> None:
-        """Take a new set of backends: unchanged ones keep their queue; changed or removed ones
-        deliver what they have queued in the background and then close."""
-        new: dict[str, Destination] = {}
-        for name, config in backends.items():
-            old = self.destinations.get(name)
-            if old is not None and old.config == config and old.retry == retry:
-                new[name] = old
-                continue
-            new[name] = self._destination(config, retry)
-            if self._started:
-                new[name].start()
-            if old is not None:  # what the old one had not started on goes out the new way
-                for batch in old.take_queued():
-                    new[name].put(batch)
-        retired = [d for name, d in self.destinations.items() if new.get(name) is not d]
-        self.destinations = new
-        for d in retired:
-            task = asyncio.get_running_loop().create_task(self._retire(d))
-            self._retiring.add(task)
-            task.add_done_callback(self._retiring.discard)
-
-    async def _retire(self, destination: Destination) -> None:
-        # What it is delivering keeps its full retry budget; a shutdown cuts it short.
-        deadline = asyncio.get_running_loop().time() + destination.retry.max_elapsed
-        await destination.drain(deadline)
+    def per_tenant(config: BackendConfig) -> bool:
+        return any("{tenant}" in v for v in config.headers.values())
 
     async def start(self) -> None:
-        for d in self.destinations.values():
-            d.start()
-        self._started = True
+        for name, config in self.backends.items():
+            if not self.per_tenant(config):
+                await self._open((name, None))
+            elif config.queue.durable:  # replay the tenants' queues left on disk
+                base = Path(config.queue.directory)
+                prefix = _dir_name(name, None) + "@"
+                if base.is_dir():
+                    for sub in sorted(base.iterdir()):
+                        if sub.name.startswith(prefix) and sub.is_dir():
+                            await self._open((name, sub.name[len(prefix) :]))
         self._accepting = True
 
-    def submit(self, batch: Batch, targets: Iterable[str]) -> None:
+    async def _open(self, key: Key) -> Destination:
+        name, tenant = key
+        config = self.backends[name]
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = make_queue(config, tenant)
+            try:
+                await queue.open()
+            except SpoolError as exc:
+                raise Unavailable(f"the queue of backend {name} cannot be opened: {exc}") from exc
+            self._queues[key] = queue
+        label = name if tenant is None else f"{name}[{tenant}]"
+        d = Destination(label, config, self.retry, queue)
+        d.start()
+        self.destinations[key] = d
+        return d
+
+    async def _destination(self, name: str, tenant: str) -> Destination:
+        key: Key = (name, tenant if self.per_tenant(self.backends[name]) else None)
+        d = self.destinations.get(key)
+        if d is not None:
+            return d
+        opening = self._opening.get(key)
+        if opening is None:  # one opener per key; concurrent requests wait for it
+            opening = asyncio.ensure_future(self._open(key))
+            self._opening[key] = opening
+            opening.add_done_callback(lambda _: self._opening.pop(key, None))
+        return await asyncio.shield(opening)
+
+    def reconfigure(self, backends: Mapping[str, BackendConfig], retry: RetryConfig) -> None:
+        """Take a new set of backends. Unchanged ones carry on. A changed one gets new workers and
+        exporter on the same queue, so nothing queued is dropped; the old workers finish the
+        batches in hand. A removed one delivers what it has queued, then closes."""
+        old_backends, self.backends, self.retry = self.backends, dict(backends), retry
+        loop = asyncio.get_running_loop()
+        for key, d in list(self.destinations.items()):
+            name = key[0]
+            config = self.backends.get(name)
+            if config is not None and config == d.config and retry == d.retry:
+                continue
+            if config is not None and config.queue != old_backends[name].queue:
+                log.warning("backend %s: queue settings change at the next restart", name)
+            deadline = loop.time() + d.retry.max_elapsed
+            if config is None or self.per_tenant(config) != (key[1] is not None):
+                # removed, or its queues are now split or joined differently: deliver, then close
+                del self.destinations[key]
+                self._later(self._close_removed(key, d, deadline))
+                continue
+            replacement = Destination(d.name, config, retry, d.queue)
+            replacement.start()
+            self.destinations[key] = replacement
+            self._later(d.retire(deadline))
+
+    async def _close_removed(self, key: Key, d: Destination, deadline: float) -> None:
+        await d.drain(deadline)
+        queue = self._queues.pop(key, None)
+        if queue is not None:
+            await queue.close()
+
+    def _later(self, work: Coroutine[object, object, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def submit(self, batch: Batch, targets: Iterable[str]) -> None:
         """Accept a batch for delivery to the named backends, or raise Throttled/Unavailable
-        (both retryable)."""
+        (both retryable). Returns once the batch is in every queue (on disk, when durable)."""
         if not self._accepting:
             raise Unavailable(
                 "the gateway is shutting down; retry against another replica", retry_after=1.0
             )
         if batch.items == 0:
             return
-        destinations = [self.destinations[name] for name in targets]
+        destinations = [await self._destination(name, batch.tenant) for name in targets]
         size = len(batch.payload)
+        # No await from here until every queue has the batch: the room checked is the room used.
         for d in destinations:
-            if not d.has_room(size):
+            if not d.queue.has_room(size):
                 raise Throttled(
                     f"the queue for backend {d.name} is full; retry after "
                     f"{FULL_QUEUE_RETRY_AFTER:.0f}s",
                     retry_after=FULL_QUEUE_RETRY_AFTER,
                 )
-        for d in destinations:
-            d.put(batch)
+        durable = []
+        try:
+            for d in destinations:
+                pending = d.queue.submit(batch)
+                if pending is not None:
+                    durable.append(pending)
+            if durable:
+                await asyncio.gather(*durable)
+        except SpoolFull as exc:
+            raise Throttled(f"{exc}", retry_after=FULL_QUEUE_RETRY_AFTER) from None
+        except SpoolError as exc:
+            raise Unavailable(
+                f"could not store the batch durably: {exc}", retry_after=1.0
+            ) from None
 
     async def shutdown(self, timeout: float) -> None:
         self._accepting = False
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        retiring = list(self._retiring)
         await asyncio.gather(*(d.drain(deadline) for d in self.destinations.values()))
+        retiring = list(self._retiring)
         if retiring:  # retired destinations get the same deadline as the rest
             _, pending = await asyncio.wait(retiring, timeout=max(0.0, deadline - loop.time()))
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        for queue in self._queues.values():
+            await queue.close()

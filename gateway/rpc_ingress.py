@@ -129,7 +129,7 @@ class _ExportService:
         tenant = _TENANT.get()
         assert tenant is not None  # a refused request never reaches export()
         try:
-            self._intake.accept(self._signal, request.data, request.items, tenant)
+            await self._intake.accept(self._signal, request.data, request.items, tenant)
         except GatewayError as error:
             if error.retry_after is not None:
                 ctx.response_headers()["retry-after"] = str(max(1, round(error.retry_after)))

@@ -10,10 +10,18 @@ from ..batch import Batch
 class ExportError(Exception):
     """A failed export. `retryable` follows the OTLP rules for the status the backend gave."""
 
-    def __init__(self, message: str, *, retryable: bool, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool,
+        retry_after: float | None = None,
+        too_large: bool = False,
+    ) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.retry_after = retry_after
+        self.too_large = too_large  # the backend refused the request for its size
 
 
 class Exporter(Protocol):

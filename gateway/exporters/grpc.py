@@ -116,7 +116,10 @@ class GRPCExporter:
             retryable = code in _RETRYABLE or (
                 code == Code.RESOURCE_EXHAUSTED and delay is not None
             )
-            raise ExportError(message, retryable=retryable, retry_after=delay) from exc
+            too_large = code == Code.RESOURCE_EXHAUSTED and delay is None
+            raise ExportError(
+                message, retryable=retryable, retry_after=delay, too_large=too_large
+            ) from exc
         except (OSError, pyqwest.ReadError, pyqwest.WriteError, pyqwest.ConnectTimeout) as exc:
             raise ExportError(
                 f"could not reach {self._config.endpoint}: {exc!r}", retryable=True

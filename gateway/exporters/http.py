@@ -71,7 +71,7 @@ class HTTPExporter:
         if status in _RETRYABLE:
             retry_after = parse_retry_after(response.headers.get("retry-after"))
             raise ExportError(message, retryable=True, retry_after=retry_after)
-        raise ExportError(message, retryable=False)
+        raise ExportError(message, retryable=False, too_large=status == 413)
 
     def _log_partial_success(self, batch: Batch, response: httpx.Response) -> None:
         if not response.content:

@@ -1,0 +1,137 @@
+"""A destination's queue: in memory, or durable on disk (a Spool). Both hand out (token, Batch)
+pairs and take acknowledgements; a durable queue keeps what was not acknowledged across restarts,
+with the tenant (and so the tenant's headers) framed into every record."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import Awaitable
+from pathlib import Path
+
+from .batch import Batch
+from .signals import SIGNALS
+from .spool import Spool
+
+_RECORD = struct.Struct(">BBIH")  # version, signal index, items, tenant length
+_VERSION = 1
+_SIGNAL_INDEX = {s.name: i for i, s in enumerate(SIGNALS)}
+
+
+def encode(batch: Batch) -> bytes:
+    tenant = batch.tenant.encode()
+    head = _RECORD.pack(_VERSION, _SIGNAL_INDEX[batch.signal.name], batch.items, len(tenant))
+    return head + tenant + batch.payload
+
+
+def decode(record: bytes) -> Batch:
+    version, signal, items, tenant_len = _RECORD.unpack_from(record)
+    if version != _VERSION:
+        raise ValueError(f"unknown queue record version {version}")
+    start = _RECORD.size
+    tenant = record[start : start + tenant_len].decode()
+    return Batch(SIGNALS[signal], record[start + tenant_len :], items, tenant)
+
+
+class MemoryQueue:
+    durable = False
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._queue: asyncio.Queue[tuple[int, Batch]] = asyncio.Queue()
+        self._unacked: dict[int, int] = {}  # token -> bytes, handed out and not acknowledged
+        self._next = 0
+        self.queued_bytes = 0  # queued and in delivery
+
+    async def open(self) -> None:
+        pass
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    def has_room(self, size: int) -> bool:
+        # An empty queue takes any batch, so one batch larger than max_bytes is not refused forever.
+        return self.queued_bytes == 0 or self.queued_bytes + size <= self.max_bytes
+
+    def submit(self, batch: Batch) -> Awaitable[int] | None:
+        self._next += 1
+        self.queued_bytes += len(batch.payload)
+        self._queue.put_nowait((self._next, batch))
+        return None
+
+    async def get(self) -> tuple[int, Batch]:
+        token, batch = await self._queue.get()
+        self._unacked[token] = len(batch.payload)
+        return token, batch
+
+    def get_nowait(self) -> tuple[int, Batch] | None:
+        try:
+            token, batch = self._queue.get_nowait()
+        except asyncio.QueueEmpty:
+            return None
+        self._unacked[token] = len(batch.payload)
+        return token, batch
+
+    def ack(self, token: int) -> None:
+        self.queued_bytes -= self._unacked.pop(token, 0)
+
+    def pending_items(self) -> int:
+        """Items queued or handed out and not acknowledged: lost if the process stops now."""
+        return sum(b.items for _, b in self._queue._queue)  # type: ignore[attr-defined]
+
+    async def close(self) -> None:
+        pass
+
+
+class DurableQueue:
+    durable = True
+
+    def __init__(self, directory: Path, max_bytes: int) -> None:
+        self.directory = directory
+        self.max_bytes = max_bytes
+        self._spool: Spool | None = None
+
+    @property
+    def spool(self) -> Spool:
+        assert self._spool is not None, "open() the queue first"
+        return self._spool
+
+    async def open(self) -> None:
+        if self._spool is None:
+            self._spool = await Spool.open(self.directory, max_bytes=self.max_bytes)
+
+    @property
+    def depth(self) -> int:
+        return self.spool.pending_records
+
+    @property
+    def queued_bytes(self) -> int:
+        return self.spool.unacked_bytes
+
+    def has_room(self, size: int) -> bool:
+        return self.spool.has_room(size + _RECORD.size + 64)
+
+    def submit(self, batch: Batch) -> Awaitable[int] | None:
+        return self.spool.submit(encode(batch))
+
+    async def get(self) -> tuple[int, Batch]:
+        rid, record = await self.spool.get()
+        return rid, decode(record)
+
+    def get_nowait(self) -> tuple[int, Batch] | None:
+        got = self.spool.get_nowait()
+        return None if got is None else (got[0], decode(got[1]))
+
+    def ack(self, token: int) -> None:
+        self.spool.ack(token)
+
+    def pending_items(self) -> int:
+        return 0  # what is not acknowledged stays on disk for the next start
+
+    async def close(self) -> None:
+        if self._spool is not None:
+            await self._spool.close()
+
+
+Queue = MemoryQueue | DurableQueue
