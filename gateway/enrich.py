@@ -24,6 +24,8 @@ from types import MappingProxyType
 
 from .signals import Signal
 from .wire import WireError
+from .wire import encode_varint as _encode_varint
+from .wire import read_varint as _varint
 
 TENANT_KEY = "tenant.id"
 
@@ -33,15 +35,6 @@ _NO_ATTRIBUTES: Mapping[str, str] = MappingProxyType({})
 # A Resource with KeyValues to cut out, as positions in the request:
 # (tag start, body start, body stop, [(kv start, kv stop), ...]).
 _Cut = tuple[int, int, int, list[tuple[int, int]]]
-
-
-def _encode_varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def _len_prefix(size: int) -> bytes:
@@ -55,22 +48,6 @@ def _len_prefix(size: int) -> bytes:
 
 def _ld(field: int, payload: bytes) -> bytes:
     return _encode_varint(field << 3 | _LEN) + _encode_varint(len(payload)) + payload
-
-
-def _varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
-    result = 0
-    shift = 0
-    while True:
-        if pos >= end:
-            raise WireError("truncated varint")
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return result, pos
-        shift += 7
-        if shift >= 64:
-            raise WireError("varint longer than 10 bytes")
 
 
 def _skip(buf: bytes, pos: int, end: int, wtype: int) -> int:

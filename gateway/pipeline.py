@@ -22,6 +22,7 @@ import time
 from collections.abc import Coroutine, Iterable, Mapping
 from pathlib import Path
 
+from . import split, wire
 from .batch import Batch
 from .config import BackendConfig, RetryConfig
 from .errors import Throttled, Unavailable
@@ -47,6 +48,10 @@ def make_queue(config: BackendConfig, tenant: str | None) -> Queue:
     if q.durable:
         return DurableQueue(Path(q.directory) / _dir_name(config.name, tenant), q.max_bytes)
     return MemoryQueue(q.max_bytes)
+
+
+def _piece(batch: Batch, payload: bytes) -> Batch:
+    return Batch(batch.signal, payload, wire.count_items(batch.signal, payload), batch.tenant)
 
 
 class Destination:
@@ -120,20 +125,34 @@ class Destination:
 
     async def _deliver_parts(self, parts: list[Batch]) -> None:
         first = parts[0]
-        merged = (
-            first
-            if len(parts) == 1
-            else Batch(
-                first.signal,
-                b"".join(p.payload for p in parts),
-                sum(p.items for p in parts),
-                first.tenant,
-            )
+        if len(parts) == 1:
+            if len(first.payload) > self.config.batch_max_bytes:
+                # one request over the backend's batch size: send it in pieces
+                for piece in split.split(first.signal, first.payload, self.config.batch_max_bytes):
+                    await self._deliver_splitting(_piece(first, piece))
+            else:
+                await self._deliver_splitting(first)
+            return
+        merged = Batch(
+            first.signal,
+            b"".join(p.payload for p in parts),
+            sum(p.items for p in parts),
+            first.tenant,
         )
-        too_large = await self._deliver(merged, last=len(parts) == 1)
-        if too_large:  # the backend refused the merged batch as too large: send the parts alone
-            for part in parts:
-                await self._deliver(part, last=True)
+        if await self._deliver(merged, last=False):
+            for part in parts:  # refused as too large: send the requests it was made of
+                await self._deliver_splitting(part)
+
+    async def _deliver_splitting(self, batch: Batch) -> None:
+        """Deliver; when the backend answers 413 (too large), send the batch in halves."""
+        if not await self._deliver(batch, last=False):
+            return
+        pair = split.halves(batch.signal, batch.payload)
+        if pair is None:  # a single item the backend will not take
+            self._drop(batch, "the backend refuses it as too large, and it holds one item")
+            return
+        for half in pair:
+            await self._deliver_splitting(_piece(batch, half))
 
     async def _deliver(self, batch: Batch, *, last: bool) -> bool:
         """Deliver with the OTLP retry rules. Returns True when the backend refused the batch as

@@ -18,7 +18,17 @@ class WireError(ValueError):
     """The bytes are not a well-formed protobuf message of the expected shape."""
 
 
-def _varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
+def encode_varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def read_varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
+    """The varint at buf[pos:end] and the position after it."""
     result = 0
     shift = 0
     while True:
@@ -45,7 +55,7 @@ def _walk(buf: bytes, pos: int, end: int, path: tuple[frozenset[int], ...], dept
             tag = b
             pos += 1
         else:
-            tag, pos = _varint(buf, pos, end)
+            tag, pos = read_varint(buf, pos, end)
         field = tag >> 3
         wtype = tag & 7
         if field == 0:
@@ -56,7 +66,7 @@ def _walk(buf: bytes, pos: int, end: int, path: tuple[frozenset[int], ...], dept
                 size = b
                 pos += 1
             else:
-                size, pos = _varint(buf, pos, end)
+                size, pos = read_varint(buf, pos, end)
             stop = pos + size
             if stop > end:
                 raise WireError("length runs past the end of the message")
@@ -66,7 +76,7 @@ def _walk(buf: bytes, pos: int, end: int, path: tuple[frozenset[int], ...], dept
         elif field in wanted:
             raise WireError(f"field {field} has wire type {wtype}, expected a message")
         elif wtype == 0:
-            _, pos = _varint(buf, pos, end)
+            _, pos = read_varint(buf, pos, end)
         elif wtype == 1:
             pos += 8
         elif wtype == 5:

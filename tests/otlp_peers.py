@@ -101,6 +101,8 @@ class Sink:
     received: list[Received] = field(default_factory=list)
     status: int = 200
     retry_after: str | None = None
+    max_body: int | None = None  # larger (decompressed) bodies get 413
+    body_sizes: list[int] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -112,6 +114,9 @@ class Sink:
         body = await request.body()
         if request.headers.get("content-encoding") == "gzip":
             body = gzip.decompress(body)
+        if self.max_body is not None and len(body) > self.max_body:
+            return Response(status_code=413)
+        self.body_sizes.append(len(body))
         if self.status != 200:
             headers = {"retry-after": self.retry_after} if self.retry_after else {}
             return Response(status_code=self.status, headers=headers)
