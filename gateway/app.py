@@ -16,6 +16,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from .config import DEFAULT_TENANT, GatewayConfig
 from .http_ingress import OTLPHTTPEndpoint
 from .intake import Intake
+from .limits import InFlight
 from .pipeline import Pipeline
 from .reload import Reloader
 from .rpc_ingress import RPCService
@@ -45,10 +46,12 @@ def create_app(config: GatewayConfig) -> Starlette:
     intake = Intake(Directory(config), pipeline)
     reloader = Reloader(config, intake, pipeline)
 
+    inflight = InFlight(config.limits.max_inflight_bytes)  # one budget for every transport
     routes: list[BaseRoute] = []
     for signal in SIGNALS:
-        routes.append(Route(signal.http_path, OTLPHTTPEndpoint(signal, intake, config.limits)))
-        rpc = RPCService(signal, intake, config.limits)
+        endpoint = OTLPHTTPEndpoint(signal, intake, config.limits, inflight)
+        routes.append(Route(signal.http_path, endpoint))
+        rpc = RPCService(signal, intake, config.limits, inflight)
         routes.append(Mount(rpc.path, app=rpc))
 
     middleware = []

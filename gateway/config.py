@@ -12,7 +12,12 @@ from typing import Any
 
 import yaml
 
-from .limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_REQUEST_BYTES, Limits
+from .limits import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_INFLIGHT_BYTES,
+    DEFAULT_MAX_REQUEST_BYTES,
+    Limits,
+)
 
 PROTOCOLS = ("grpc", "http/protobuf", "http/json", "file")
 SIGNAL_NAMES = ("traces", "metrics", "logs", "profiles")
@@ -559,10 +564,11 @@ def parse(
     _check_listen(top, listen)
 
     lim = top.section("limits")
-    lim.known("max_request_bytes", "max_body_bytes")
+    lim.known("max_request_bytes", "max_body_bytes", "max_inflight_bytes")
     limits = Limits(
         max_request_bytes=lim.size("max_request_bytes", DEFAULT_MAX_REQUEST_BYTES),
         max_body_bytes=lim.size("max_body_bytes", DEFAULT_MAX_BODY_BYTES),
+        max_inflight_bytes=lim.size("max_inflight_bytes", DEFAULT_MAX_INFLIGHT_BYTES),
     )
 
     backends_section = top.section("backends")

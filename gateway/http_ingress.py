@@ -13,9 +13,16 @@ from google.rpc import status_pb2
 from starlette.types import Receive, Scope, Send
 
 from . import limits, otlpjson, wire
-from .errors import GatewayError, InvalidRequest, RequestTooLarge, UnsupportedMediaType
+from .errors import (
+    GatewayError,
+    InvalidRequest,
+    RequestTooLarge,
+    Throttled,
+    UnsupportedMediaType,
+)
 from .intake import Intake
 from .signals import Signal
+from .tenants import Tenant
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
@@ -38,10 +45,13 @@ def _status_body(error: GatewayError, as_json: bool) -> bytes:
 
 
 class OTLPHTTPEndpoint:
-    def __init__(self, signal: Signal, intake: Intake, limits_: limits.Limits) -> None:
+    def __init__(
+        self, signal: Signal, intake: Intake, limits_: limits.Limits, inflight: limits.InFlight
+    ) -> None:
         self.signal = signal
         self._intake = intake
         self._limits = limits_
+        self._inflight = inflight
         self._empty = signal.response_type().SerializeToString()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -70,8 +80,26 @@ class OTLPHTTPEndpoint:
                 f"send {PROTOBUF} or {JSON}"
             )
         tenant = self._intake.admit(self.signal, headers)
-        cap = self._limits.max_body_bytes
+        if self._inflight.full:
+            raise Throttled(self._inflight.busy_message(), retry_after=1.0)
         length = headers.get("content-length", "")
+        held = int(length) if length.isdigit() else 0
+        self._inflight.bytes += held
+        try:
+            return await self._receive(headers, media_type, receive, tenant, length, held)
+        finally:
+            self._inflight.bytes -= held
+
+    async def _receive(
+        self,
+        headers: dict[str, str],
+        media_type: str,
+        receive: Receive,
+        tenant: Tenant,
+        length: str,
+        held: int,
+    ) -> bytes:
+        cap = self._limits.max_body_bytes
         try:
             if length.isdigit() and int(length) > cap:
                 if int(length) <= limits.DISCARD_LIMIT:
@@ -82,6 +110,18 @@ class OTLPHTTPEndpoint:
             raise RequestTooLarge(str(exc)) from None
         except limits.ClientGone as exc:
             raise InvalidRequest(str(exc)) from None
+        # held stays what was reserved: the caller releases exactly that; the body read and its
+        # decompressed copy are counted on top while this request holds them.
+        extra = len(raw)
+        self._inflight.bytes += extra
+        try:
+            return await self._decode_and_accept(headers, media_type, raw, tenant)
+        finally:
+            self._inflight.bytes -= extra
+
+    async def _decode_and_accept(
+        self, headers: dict[str, str], media_type: str, raw: bytes, tenant: Tenant
+    ) -> bytes:
         encoding = headers.get("content-encoding", "")
         try:
             data = limits.decompress(encoding, raw, self._limits.max_request_bytes)

@@ -11,12 +11,34 @@ from starlette.types import Message, Receive
 
 DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024  # after decompression
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024  # on the wire, before decompression
+DEFAULT_MAX_INFLIGHT_BYTES = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
 class Limits:
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    # request bytes being read and processed at once, all transports together; above it new
+    # requests get 429 / RESOURCE_EXHAUSTED before their body is read
+    max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES
+
+
+class InFlight:
+    """Bytes of the requests being read and processed right now (wire and decompressed)."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.bytes = 0
+
+    @property
+    def full(self) -> bool:
+        return self.bytes >= self.cap
+
+    def busy_message(self) -> str:
+        return (
+            f"the gateway is holding {self.bytes} bytes of requests (limit {self.cap}); "
+            "retry after 1s"
+        )
 
 
 # How much of an oversized body is still read (and thrown away) before the refusal is sent. Over

@@ -41,7 +41,7 @@ from ._gen.opentelemetry.proto.collector.profiles.v1development.profiles_service
 from ._gen.opentelemetry.proto.collector.trace.v1.trace_service_connect import (
     TraceServiceASGIApplication,
 )
-from .errors import GatewayError, GrpcCode
+from .errors import GatewayError, GrpcCode, Throttled
 from .intake import Intake
 from .signals import LOGS, METRICS, PROFILES, TRACES, Signal
 from .tenants import Tenant
@@ -203,10 +203,13 @@ _install_json_codec()
 class RPCService:
     """One OTLP service on all RPC protocols, as an ASGI app mounted at its service path."""
 
-    def __init__(self, signal: Signal, intake: Intake, limits_: limits.Limits) -> None:
+    def __init__(
+        self, signal: Signal, intake: Intake, limits_: limits.Limits, inflight: limits.InFlight
+    ) -> None:
         self.signal = signal
         self._intake = intake
         self._limits = limits_
+        self._inflight = inflight
         service = _ExportService(signal, intake)
         app_type = _APPLICATIONS[signal.name]
         self.app = app_type(
@@ -237,23 +240,29 @@ class RPCService:
         drain = not length.isdigit() or int(length) <= limits.DISCARD_LIMIT
         cap = self._limits.max_body_bytes
         tenant = None
+        capped: _CappedReceive | None = None
         raised: list[BaseException] = []
         token = _RAISED.set(raised)
         try:
             # Who is asking is settled from the headers, before the body is read.
             tenant = self._intake.admit(self.signal, headers)
+            if self._inflight.full:
+                raise Throttled(self._inflight.busy_message(), retry_after=1.0)
         except GatewayError as refusal:
             receive = _refuse_body(receive, to_connect_error(refusal), drain=drain)
         else:
             if length.isdigit() and int(length) > cap:
                 receive = _refuse_body(receive, _too_large(cap), drain=drain)
             else:
-                receive = _capped(receive, cap)
+                capped = _CappedReceive(receive, cap, self._inflight)
+                receive = capped
         tenant_token = _TENANT.set(tenant)
         try:
             await self.app(scope, receive, send)
         finally:
             _TENANT.reset(tenant_token)
+            if capped is not None:
+                capped.release()
             _RAISED.reset(token)
             for error in raised:
                 # Breaks the cycles: frees the request's buffers now. The context (the error we
@@ -280,16 +289,26 @@ def _refuse_body(receive: Receive, error: ConnectError, *, drain: bool) -> Recei
     return refuse
 
 
-def _capped(receive: Receive, cap: int) -> Receive:
-    seen = 0
+class _CappedReceive:
+    """A receive() that refuses the body past `cap` bytes and counts what it read as in flight
+    until release() (called once the request has been answered)."""
 
-    async def capped_receive() -> ASGIMessage:
-        nonlocal seen
-        message = await receive()
-        seen += len(message.get("body", b""))
-        if seen > cap:
-            await limits.discard_body(receive, message)
-            raise _too_large(cap)
+    def __init__(self, receive: Receive, cap: int, inflight: limits.InFlight) -> None:
+        self._receive = receive
+        self._cap = cap
+        self._inflight = inflight
+        self._seen = 0
+
+    async def __call__(self) -> ASGIMessage:
+        message = await self._receive()
+        n = len(message.get("body", b""))
+        self._seen += n
+        self._inflight.bytes += n
+        if self._seen > self._cap:
+            await limits.discard_body(self._receive, message)
+            raise _too_large(self._cap)
         return message
 
-    return capped_receive
+    def release(self) -> None:
+        self._inflight.bytes -= self._seen
+        self._seen = 0

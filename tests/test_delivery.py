@@ -101,3 +101,29 @@ def test_request_over_batch_max_bytes_is_split_before_sending(tmp_path: Path, si
         assert sink.wait_items("traces", 400) == 400
     assert sorted(_span_names(sink)) == sorted(f"split-{i}" for i in range(400))
     assert len(sink.body_sizes) >= 4 and max(sink.body_sizes) <= 4000
+
+
+def test_requests_over_the_inflight_budget_get_429(tmp_path: Path, sink: Sink) -> None:
+    """While one slow client holds the whole in-flight budget, others are told to retry later,
+    before their bodies are read; once it is done, requests are taken again."""
+    import socket
+
+    config = {**_config(sink), "limits": {"max_inflight_bytes": 1000}}
+    body = _request("slow", 100)
+    with run_gateway(tmp_path, config) as gw:
+        slow = socket.create_connection(("127.0.0.1", gw.http_port), timeout=10)
+        slow.sendall(
+            b"POST /v1/traces HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-protobuf\r\n"
+            + f"content-length: {len(body)}\r\n\r\n".encode()
+            + body[:100]
+        )
+        time.sleep(0.5)  # the gateway has the headers and holds the reservation
+        busy = _post(gw.http_endpoint, _request("refused", 1))
+        assert busy.status_code == 429
+        assert busy.headers["retry-after"] == "1"
+        assert "holding" in status_pb2.Status.FromString(busy.content).message
+        slow.sendall(body[100:])
+        assert slow.recv(4096).startswith(b"HTTP/1.1 200")
+        slow.close()
+        assert _post(gw.http_endpoint, _request("after", 1)).status_code == 200
+        assert sink.wait_items("traces", 101) == 101

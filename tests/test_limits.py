@@ -295,7 +295,7 @@ def test_refused_rpc_request_leaves_nothing_behind(
     # a pipeline that was never started refuses valid requests as UNAVAILABLE
     config = GatewayConfig()
     intake = Intake(Directory(config), Pipeline(config.backends, config.retry))
-    service = RPCService(TRACES, intake, limits.Limits())
+    service = RPCService(TRACES, intake, limits.Limits(), limits.InFlight(1 << 30))
     body = make_body()
     chunks = [body[i : i + MB] for i in range(0, len(body), MB)]
     del body

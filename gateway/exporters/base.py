@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 import email.utils
+import logging
 import time
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..batch import Batch
 
@@ -30,6 +31,34 @@ class Exporter(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+log = logging.getLogger("otlp_gateway.export")
+
+
+def log_partial_success(backend: str, batch: Batch, rejected: int, message: str) -> None:
+    """OTLP partial success: the backend took the request but rejected some items. Not retried
+    (the spec says clients must not); logged with what the backend said."""
+    if rejected or message:
+        log.warning(
+            "backend %s partially rejected a %s batch of tenant %s: %s rejected: %s",
+            backend,
+            batch.signal.name,
+            batch.tenant,
+            rejected,
+            message,
+        )
+
+
+def log_partial_success_message(backend: str, batch: Batch, response: Any) -> None:
+    """The same, from a decoded Export*ServiceResponse."""
+    if not response.HasField("partial_success"):
+        return
+    ps = response.partial_success
+    rejected = next(
+        (getattr(ps, f.name) for f in ps.DESCRIPTOR.fields if f.name.startswith("rejected")), 0
+    )
+    log_partial_success(backend, batch, int(rejected), str(ps.error_message))
 
 
 def render_headers(templates: dict[str, str], tenant: str) -> dict[str, str]:

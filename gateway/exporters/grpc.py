@@ -29,7 +29,7 @@ from .._gen.opentelemetry.proto.collector.trace.v1.trace_service_connect import 
 )
 from ..batch import Batch
 from ..config import BackendConfig
-from .base import ExportError, render_headers
+from .base import ExportError, log_partial_success_message, render_headers
 
 _CLIENTS: dict[str, Any] = {
     "traces": TraceServiceClient,
@@ -108,7 +108,7 @@ class GRPCExporter:
         headers = render_headers(self._config.headers, batch.tenant)
         client = self._clients[batch.signal.name]
         try:
-            await client.export(_RawRequest(batch.payload), headers=headers)
+            response = await client.export(_RawRequest(batch.payload), headers=headers)
         except ConnectError as exc:
             code = exc.code
             message = f"{self._config.endpoint} answered {code.name}: {exc.message}"
@@ -124,6 +124,7 @@ class GRPCExporter:
             raise ExportError(
                 f"could not reach {self._config.endpoint}: {exc!r}", retryable=True
             ) from exc
+        log_partial_success_message(self._config.name, batch, response)
 
     async def aclose(self) -> None:
         for client in self._clients.values():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import ssl
 import zlib
 
@@ -13,9 +12,13 @@ from .. import otlpjson
 from ..batch import Batch
 from ..config import BackendConfig
 from ..signals import SIGNALS
-from .base import ExportError, parse_retry_after, render_headers
-
-log = logging.getLogger("otlp_gateway.export")
+from .base import (
+    ExportError,
+    log_partial_success,
+    log_partial_success_message,
+    parse_retry_after,
+    render_headers,
+)
 
 # OTLP/HTTP: only these are retryable; every other failure status is permanent.
 _RETRYABLE = frozenset({429, 502, 503, 504})
@@ -80,31 +83,14 @@ class HTTPExporter:
             if "json" in response.headers.get("content-type", ""):
                 parsed = response.json().get("partialSuccess") or {}
                 rejected = next((int(v) for k, v in parsed.items() if k.startswith("rejected")), 0)
-                message = str(parsed.get("errorMessage", ""))
+                log_partial_success(
+                    self._config.name, batch, rejected, str(parsed.get("errorMessage", ""))
+                )
             else:
                 res = batch.signal.response_type.FromString(response.content)
-                if not res.HasField("partial_success"):
-                    return
-                ps = res.partial_success  # type: ignore[attr-defined]
-                rejected = next(
-                    (
-                        getattr(ps, f.name)
-                        for f in ps.DESCRIPTOR.fields
-                        if f.name.startswith("rejected")
-                    ),
-                    0,
-                )
-                message = ps.error_message
+                log_partial_success_message(self._config.name, batch, res)
         except (ValueError, DecodeError, AttributeError):
             return
-        if rejected or message:
-            log.warning(
-                "backend %s partially rejected a %s batch: %s rejected: %s",
-                self._config.name,
-                batch.signal.name,
-                rejected,
-                message,
-            )
 
     async def aclose(self) -> None:
         await self._client.aclose()
