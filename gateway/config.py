@@ -102,7 +102,7 @@ class DropRule:
 
 
 @dataclass(frozen=True, slots=True)
-class Quota:
+class QuotaConfig:
     max_request_bytes: int | None = None  # after decompression; under limits.max_request_bytes
     items_per_second: float | None = None
     bytes_per_second: float | None = None
@@ -117,7 +117,7 @@ class TenantConfig:
     signal_backends: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     signals: tuple[str, ...] = SIGNAL_NAMES
     attributes: Mapping[str, str] = field(default_factory=dict)
-    quota: Quota = Quota()
+    quota: QuotaConfig = QuotaConfig()
     drop: tuple[DropRule, ...] = ()
 
 
@@ -507,7 +507,7 @@ def _tenant(
         raise t.error("attributes", "tenant.id is set by the gateway; leave it out")
     q = t.section("quota")
     q.known("max_request_bytes", "items_per_second", "bytes_per_second", "burst_seconds")
-    quota = Quota(
+    quota = QuotaConfig(
         max_request_bytes=q.size("max_request_bytes", 0) if "max_request_bytes" in q.data else None,
         items_per_second=q.rate("items_per_second"),
         bytes_per_second=float(q.size("bytes_per_second", 1))

@@ -26,6 +26,7 @@ from .signals import Signal
 from .wire import WireError
 from .wire import encode_varint as _encode_varint
 from .wire import read_varint as _varint
+from .wire import skip_scalar as _skip
 
 TENANT_KEY = "tenant.id"
 
@@ -48,21 +49,6 @@ def _len_prefix(size: int) -> bytes:
 
 def _ld(field: int, payload: bytes) -> bytes:
     return _encode_varint(field << 3 | _LEN) + _encode_varint(len(payload)) + payload
-
-
-def _skip(buf: bytes, pos: int, end: int, wtype: int) -> int:
-    """Skip the value of a non-length-delimited field of wire type `wtype` starting at pos."""
-    if wtype == 0:
-        return _varint(buf, pos, end)[1]
-    if wtype == 1:
-        pos += 8
-    elif wtype == 5:
-        pos += 4
-    else:  # groups (3, 4) do not occur in OTLP; 6 and 7 are invalid
-        raise WireError(f"unsupported wire type {wtype}")
-    if pos > end:
-        raise WireError("field runs past the end of the message")
-    return pos
 
 
 class ResourceEnricher:

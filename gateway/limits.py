@@ -7,6 +7,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import zstandard
 from starlette.types import Message, Receive
 
 DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024  # after decompression
@@ -107,10 +108,6 @@ def _inflate_deflate(data: bytes, cap: int) -> bytes:
 
 
 def _unzstd(data: bytes, cap: int) -> bytes:
-    try:
-        import zstandard
-    except ImportError:  # optional: only when the zstandard package is installed
-        raise UnknownEncoding("zstd") from None
     reader = zstandard.ZstdDecompressor().stream_reader(data)
     try:
         out = reader.read(cap + 1)
@@ -146,14 +143,7 @@ def decompress(encoding: str, data: bytes, cap: int) -> bytes:
 
 
 def accepted_encodings() -> list[str]:
-    names = ["gzip", "deflate"]
-    try:
-        import zstandard  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        names.append("zstd")
-    return names
+    return ["gzip", "deflate", "zstd"]
 
 
 class ClientGone(Exception):

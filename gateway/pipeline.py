@@ -267,6 +267,7 @@ class Pipeline:
 
     def __init__(self, backends: Mapping[str, BackendConfig], retry: RetryConfig) -> None:
         self.backends: dict[str, BackendConfig] = dict(backends)
+        self._per_tenant = self._tenant_split(self.backends)
         self.retry = retry
         self.destinations: dict[Key, Destination] = {}
         self._queues: dict[Key, Queue] = {}
@@ -277,6 +278,11 @@ class Pipeline:
     @staticmethod
     def per_tenant(config: BackendConfig) -> bool:
         return any("{tenant}" in v for v in config.headers.values())
+
+    @classmethod
+    def _tenant_split(cls, backends: Mapping[str, BackendConfig]) -> frozenset[str]:
+        """The backends that get a queue per tenant."""
+        return frozenset(name for name, c in backends.items() if cls.per_tenant(c))
 
     async def start(self) -> None:
         for name, config in self.backends.items():
@@ -308,11 +314,7 @@ class Pipeline:
         self.destinations[key] = d
         return d
 
-    async def _destination(self, name: str, tenant: str) -> Destination:
-        key: Key = (name, tenant if self.per_tenant(self.backends[name]) else None)
-        d = self.destinations.get(key)
-        if d is not None:
-            return d
+    async def _open_once(self, key: Key) -> Destination:
         opening = self._opening.get(key)
         if opening is None:  # one opener per key; concurrent requests wait for it
             opening = asyncio.ensure_future(self._open(key))
@@ -325,6 +327,7 @@ class Pipeline:
         exporter on the same queue, so nothing queued is dropped; the old workers finish the
         batches in hand. A removed one delivers what it has queued, then closes."""
         old_backends, self.backends, self.retry = self.backends, dict(backends), retry
+        self._per_tenant = self._tenant_split(self.backends)
         loop = asyncio.get_running_loop()
         for key, d in list(self.destinations.items()):
             name = key[0]
@@ -364,7 +367,11 @@ class Pipeline:
             )
         if batch.items == 0:
             return
-        destinations = [await self._destination(name, batch.tenant) for name in targets]
+        destinations = []
+        for name in targets:
+            key: Key = (name, batch.tenant if name in self._per_tenant else None)
+            d = self.destinations.get(key)
+            destinations.append(d if d is not None else await self._open_once(key))
         size = len(batch.payload)
         # No await from here until every queue has the batch: the room checked is the room used.
         for d in destinations:

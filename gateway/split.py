@@ -33,7 +33,7 @@ from __future__ import annotations
 import sys
 
 from .signals import Signal
-from .wire import WireError, count_items
+from .wire import WireError, count_items, skip_scalar
 from .wire import encode_varint as _encode_varint
 from .wire import read_varint as _varint
 
@@ -214,16 +214,8 @@ class _Packer:
                     continue
             elif field in wanted:
                 raise WireError(f"field {field} has wire type {wtype}, expected a message")
-            elif wtype == 0:
-                _, pos = _varint(data, pos, end)
-            elif wtype == 1:
-                pos += 8
-            elif wtype == 5:
-                pos += 4
-            else:  # groups (3, 4) do not occur in OTLP; 6 and 7 are invalid
-                raise WireError(f"unsupported wire type {wtype}")
-            if pos > end:
-                raise WireError("field runs past the end of the message")
+            else:
+                pos = skip_scalar(data, pos, end, wtype)
             if start != run_stop:  # a header field after children: a new run
                 if run_stop > run_start:
                     header.append(self.mv[run_start:run_stop])
@@ -249,10 +241,7 @@ class _Packer:
                 tag, pos = _varint(data, pos, end)
             wtype = tag & 7
             if wtype != _LEN:
-                if wtype == 0:
-                    _, pos = _varint(data, pos, end)
-                else:
-                    pos += 8 if wtype == 1 else 4
+                pos = skip_scalar(data, pos, end, wtype)  # validated by the scan already
                 continue
             tag_stop = pos
             b = data[pos]

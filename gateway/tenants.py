@@ -55,6 +55,7 @@ class Tenant:
         self.drop = drop
         self.quota = quota
         self.max_request_bytes = config.quota.max_request_bytes
+        self.digests = tuple(bytes.fromhex(d) for d in config.api_keys)
 
     def check_signal(self, signal: Signal) -> None:
         if signal.name not in self.signals:
@@ -100,12 +101,10 @@ class Directory:
             q = tc.quota
             if q.items_per_second or q.bytes_per_second:
                 prev = old.get(name)
-                same = prev is not None and prev.quota is not None and prev.config.quota == q
-                quota = (
-                    prev.quota
-                    if same and prev is not None
-                    else Quota(q.items_per_second, q.bytes_per_second, q.burst_seconds)
-                )
+                if prev is not None and prev.quota is not None and prev.config.quota == q:
+                    quota = prev.quota  # unchanged by the reload: keep the bucket's state
+                else:
+                    quota = Quota(q.items_per_second, q.bytes_per_second, q.burst_seconds)
             tenant = Tenant(
                 tc,
                 config.service_backends,
@@ -114,8 +113,8 @@ class Directory:
                 enrich=not self.open,
             )
             self.tenants[name] = tenant
-            for hexdigest in tc.api_keys:
-                self._by_digest[bytes.fromhex(hexdigest)] = tenant
+            for digest in tenant.digests:
+                self._by_digest[digest] = tenant
 
     def authenticate(self, headers: Mapping[str, str], signal: Signal) -> Tenant:
         """The tenant a request's key belongs to; raises Unauthenticated / PermissionDenied."""
@@ -128,9 +127,7 @@ class Directory:
         tenant = self._by_digest.get(presented)
         # Keys are compared as SHA-256 digests (the lookup cannot leak a key's characters); the
         # final comparison is constant-time all the same.
-        if tenant is None or not any(
-            hmac.compare_digest(presented, bytes.fromhex(d)) for d in tenant.config.api_keys
-        ):
+        if tenant is None or not any(hmac.compare_digest(presented, d) for d in tenant.digests):
             raise Unauthenticated(WRONG_KEY)
         if named is not None and named != tenant.name:
             raise Unauthenticated(WRONG_KEY)

@@ -44,6 +44,21 @@ def read_varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
             raise WireError("varint longer than 10 bytes")
 
 
+def skip_scalar(buf: bytes, pos: int, end: int, wtype: int) -> int:
+    """Skip the value of a non-length-delimited field of wire type `wtype` starting at pos."""
+    if wtype == 0:
+        return read_varint(buf, pos, end)[1]
+    if wtype == 1:
+        pos += 8
+    elif wtype == 5:
+        pos += 4
+    else:  # groups (3, 4) do not occur in OTLP; 6 and 7 are invalid
+        raise WireError(f"unsupported wire type {wtype}")
+    if pos > end:
+        raise WireError("field runs past the end of the message")
+    return pos
+
+
 def _walk(buf: bytes, pos: int, end: int, path: tuple[frozenset[int], ...], depth: int) -> int:
     """Walk the message in buf[pos:end]; count fields path[depth] (descending further if needed)."""
     wanted = path[depth]
@@ -75,14 +90,8 @@ def _walk(buf: bytes, pos: int, end: int, path: tuple[frozenset[int], ...], dept
             pos = stop
         elif field in wanted:
             raise WireError(f"field {field} has wire type {wtype}, expected a message")
-        elif wtype == 0:
-            _, pos = read_varint(buf, pos, end)
-        elif wtype == 1:
-            pos += 8
-        elif wtype == 5:
-            pos += 4
-        else:  # groups (3, 4) do not occur in OTLP; 6 and 7 are invalid
-            raise WireError(f"unsupported wire type {wtype}")
+        else:
+            pos = skip_scalar(buf, pos, end, wtype)
     if pos != end:
         raise WireError("field runs past the end of the message")
     return count

@@ -29,6 +29,7 @@ from google.rpc import status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from .otlp_peers import Gateway, Sink, run_gateway
+from .wire_encoding import varint
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -72,19 +73,7 @@ def grpc_frame(payload: bytes, compressed: bool = False) -> bytes:
 def oversize_body(size: int = 2 * MiB) -> bytes:
     # One big resource_spans entry (field 1, length-delimited): a well-formed prefix, too large.
     inner = b"\0" * (size - 8)
-    return b"\x0a" + _varint(len(inner)) + inner
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
+    return b"\x0a" + varint(len(inner)) + inner
 
 
 # ---------------------------------------------------------------------------------------------

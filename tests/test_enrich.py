@@ -27,23 +27,10 @@ from gateway.enrich import TENANT_KEY, ResourceEnricher
 from gateway.signals import LOGS, METRICS, PROFILES, TRACES, Signal
 from gateway.wire import WireError, count_items
 
+from .wire_encoding import ld, varint
+
 # ---------------------------------------------------------------------------------------------
 # Raw protobuf encoding (with optionally non-minimal varints)
-
-
-def varint(n: int, pad: int = 0) -> bytes:
-    """n as a varint, padded with `pad` redundant continuation bytes (non-minimal encoding)."""
-    out = bytearray()
-    while n >= 0x80:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    if not pad:
-        return bytes([*out, n])
-    return bytes([*out, n | 0x80, *[0x80] * (pad - 1), 0x00])
-
-
-def ld(field: int, payload: bytes, pad: int = 0) -> bytes:
-    return varint(field << 3 | 2) + varint(len(payload), pad) + payload
 
 
 def kv_bytes(key: str, value: str) -> bytes:

@@ -34,6 +34,8 @@ from gateway.signals import LOGS, METRICS, PROFILES, TRACES, Signal
 from gateway.split import halves, split
 from gateway.wire import WireError, count_items
 
+from .wire_encoding import ld, varint
+
 # The OTLP schema, written out here rather than taken from Signal.item_path: per level, the
 # field numbers of the children (a Metric's data field, then its data points).
 PATHS: dict[str, tuple[tuple[int, ...], ...]] = {
@@ -46,21 +48,6 @@ ALL = [TRACES, METRICS, LOGS, PROFILES]
 
 # ---------------------------------------------------------------------------------------------
 # Raw protobuf encoding
-
-
-def varint(n: int, pad: int = 0) -> bytes:
-    """n as a varint, padded with `pad` redundant continuation bytes (non-minimal encoding)."""
-    out = bytearray()
-    while n >= 0x80:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    if not pad:
-        return bytes([*out, n])
-    return bytes([*out, n | 0x80, *[0x80] * (pad - 1), 0x00])
-
-
-def ld(field: int, payload: bytes, pad: int = 0) -> bytes:
-    return varint(field << 3 | 2) + varint(len(payload), pad) + payload
 
 
 UNKNOWN = varint(1000 << 3 | 0) + varint(2**63) + ld(1001, b"?") + varint(1002 << 3 | 5) + b"\1" * 4

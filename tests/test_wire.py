@@ -22,29 +22,14 @@ from gateway.signals import LOGS, METRICS, PROFILES, TRACES
 from gateway.wire import WireError, count_items
 
 from .otlp_peers import count_items as decoded_count
+from .wire_encoding import ld, varint
 
 # ---------------------------------------------------------------------------------------------
 # Raw protobuf encoding helpers
 
 
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
 def tag(field: int, wtype: int) -> bytes:
     return varint(field << 3 | wtype)
-
-
-def ld(field: int, payload: bytes) -> bytes:
-    return tag(field, 2) + varint(len(payload)) + payload
 
 
 # unknown fields of every wire type the walk must skip: varint, fixed64, length-delimited, fixed32
