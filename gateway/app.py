@@ -1,19 +1,24 @@
 """Wires the layers together: ingress (OTLP/HTTP, gRPC, gRPC-web, Connect) -> auth -> pipeline ->
-exporters. The only module that knows all of them."""
+exporters, and the admin listener that watches them. The only module that knows all of them."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import Receive, Scope, Send
 
+from . import __version__, metrics
+from .admin import AdminAPI, admin_app
 from .config import DEFAULT_TENANT, GatewayConfig
+from .health import GrpcHealth, Readiness
 from .http_ingress import OTLPHTTPEndpoint
 from .intake import Intake
 from .limits import InFlight
@@ -21,6 +26,7 @@ from .pipeline import Pipeline
 from .reload import Reloader
 from .rpc_ingress import RPCService
 from .signals import SIGNALS
+from .tail import TailHub
 from .tenants import Directory
 
 log = logging.getLogger("otlp_gateway")
@@ -41,18 +47,59 @@ _CORS_ALLOW = (
 _CORS_EXPOSE = ("grpc-status", "grpc-message", "grpc-status-details-bin", "retry-after")
 
 
-def create_app(config: GatewayConfig) -> Starlette:
-    pipeline = Pipeline(config.backends, config.retry)
-    intake = Intake(Directory(config), pipeline)
+class GatewayApp:
+    """The ASGI app every listener serves: requests that arrive on the admin listener's port go
+    to the admin app, all others (and the lifespan) to the OTLP app."""
+
+    def __init__(
+        self,
+        main: Starlette,
+        admin: Starlette,
+        admin_port: int | None,
+        pipeline: Pipeline,
+        reloader: Reloader,
+        tail: TailHub,
+    ) -> None:
+        self.main = main
+        self.admin = admin
+        self.admin_port = admin_port
+        self.pipeline = pipeline
+        self.reloader = reloader
+        self.tail = tail
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan" and self.admin_port is not None:
+            server = scope.get("server")
+            if server is not None and server[1] == self.admin_port:
+                await self.admin(scope, receive, send)
+                return
+        await self.main(scope, receive, send)
+
+    def stopping(self) -> None:
+        """Called when the server is told to stop, before it waits for open requests: ends the
+        streams that would otherwise hold the shutdown up (live tails)."""
+        self.tail.close()
+
+
+def create_app(config: GatewayConfig, server: str | None = None) -> GatewayApp:
+    pipeline = Pipeline(config.backends, config.retry, config.worker)
+    tail = TailHub()
+    intake = Intake(Directory(config), pipeline, tail)
     reloader = Reloader(config, intake, pipeline)
+    readiness = Readiness(pipeline.problems)
+    metrics.QUEUES.source = pipeline.queue_readings
+    metrics.set_build_info(__version__, server or config.server)
 
     inflight = InFlight(config.limits.max_inflight_bytes)  # one budget for every transport
+    metrics.INFLIGHT_BYTES.set_function(lambda: inflight.bytes)
     routes: list[BaseRoute] = []
     for signal in SIGNALS:
         endpoint = OTLPHTTPEndpoint(signal, intake, config.limits, inflight)
         routes.append(Route(signal.http_path, endpoint))
         rpc = RPCService(signal, intake, config.limits, inflight)
         routes.append(Mount(rpc.path, app=rpc))
+    grpc_health = GrpcHealth(readiness)  # on every listener, for gRPC probes on the OTLP port
+    routes.append(Mount(grpc_health.path, app=grpc_health))
 
     middleware = []
     if config.cors.allowed_origins:
@@ -70,6 +117,7 @@ def create_app(config: GatewayConfig) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await pipeline.start()
+        metrics.CONFIG_LOADED.set(time.time())
         log.info("forwarding to %s", ", ".join(config.service_backends) or "no service backends")
         if config.tenants is None:
             log.warning(
@@ -87,7 +135,13 @@ def create_app(config: GatewayConfig) -> Starlette:
             watcher.cancel()
             await pipeline.shutdown(reloader.config.shutdown_timeout)
 
-    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
-    app.state.pipeline = pipeline
-    app.state.reloader = reloader
-    return app
+    main = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    api = AdminAPI(lambda: reloader.config, intake, pipeline, tail)
+    admin = admin_app(api, readiness)
+    return GatewayApp(main, admin, admin_port(config), pipeline, reloader, tail)
+
+
+def admin_port(config: GatewayConfig) -> int | None:
+    """Worker i of several serves its admin listener on the configured port + i."""
+    port = config.admin.port
+    return None if port is None else port + (config.worker or 0)

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 from . import config as config_mod
-from . import keys
+from . import console as console_mod
+from . import keys, logs
 from .config import ConfigError, GatewayConfig
 
 BANNER = """\
@@ -25,6 +26,7 @@ or over gRPC:
 """
 
 DEV_KEY_FILE = "dev-api-key"
+ADMIN_KEY_FILE = console_mod.ADMIN_KEY_FILE
 
 
 def _url(config: GatewayConfig, address: str) -> str:
@@ -56,13 +58,21 @@ def banner(config: GatewayConfig, dev_key: str | None = None) -> str:
             f"with the key of tenant {config_mod.DEV_TENANT} (kept in the data directory):\n"
             f'  export OTEL_EXPORTER_OTLP_HEADERS="{keys.client_headers_env(dev_key)}"\n'
         )
+    if config.admin.listen is not None:
+        admin = _url(config, config.admin.listen).replace("https://", "http://")
+        text += f"\nStatus page and admin API: {admin}/  (metrics: {admin}/metrics)\n"
+        if dev_key is not None:
+            text += (
+                f"  admin key in the data directory's {ADMIN_KEY_FILE}; in a terminal: "
+                "otlp-gateway status, otlp-gateway tail --tenant dev\n"
+            )
     return text
 
 
-def _dev_key(data_dir: str) -> str:
-    """The embedded default's dev tenant key: made once, then kept in the data directory (0600),
-    so clients keep working across restarts."""
-    path = Path(data_dir) / DEV_KEY_FILE
+def _dev_key(data_dir: str, name: str = DEV_KEY_FILE) -> str:
+    """A key of the embedded default (the dev tenant's, the admin's): made once, then kept in the
+    data directory (0600), so clients keep working across restarts."""
+    path = Path(data_dir) / name
     if path.is_file():
         key = path.read_text().strip()
         if key:
@@ -99,6 +109,28 @@ def _keys_hash() -> int:
     return 0
 
 
+def _with_tls_flags(config: GatewayConfig, args: argparse.Namespace) -> GatewayConfig:
+    """`serve --tls-cert/--tls-key` set or override the config's `tls` (a --tls-cert without
+    --tls-key: the key is in the certificate's PEM)."""
+    import dataclasses
+
+    cert, key = getattr(args, "tls_cert", None), getattr(args, "tls_key", None)
+    if cert is None and key is None:
+        return config
+    if cert is None:
+        if config.tls is None:
+            raise ConfigError("--tls-key needs --tls-cert (or tls.cert in the config)")
+        cert = config.tls.cert
+    for flag, path in (("--tls-cert", cert), ("--tls-key", key)):
+        if path is not None and not Path(path).is_file():
+            raise ConfigError(f"{flag}: file {path!r} does not exist")
+    return dataclasses.replace(
+        config,
+        tls=config_mod.ServerTLS(cert=cert, key=key),
+        pinned=(*config.pinned, "tls"),  # a reload of the file keeps the flags' TLS
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="otlp-gateway", description="OTLP ingestion gateway")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -110,7 +142,23 @@ def main(argv: list[str] | None = None) -> int:
         help="where the embedded default's file backend writes (ignored with --config)",
     )
     serve_p.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="overrides the config's log.level (default info)",
+    )
+    serve_p.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        help="overrides the config's log.format: text lines, or one JSON object per line",
+    )
+    serve_p.add_argument(
+        "--tls-cert",
+        metavar="PEM",
+        help="TLS (ALPN h2 and http/1.1) on every listener with this certificate chain; "
+        "overrides the config's tls (the key may be in the same file)",
+    )
+    serve_p.add_argument(
+        "--tls-key", metavar="PEM", help="the private key, when not in the --tls-cert file"
     )
     check_p = sub.add_parser("check", help="validate a config file without starting")
     check_p.add_argument("--config", "-c", required=True)
@@ -119,10 +167,36 @@ def main(argv: list[str] | None = None) -> int:
     new_p = keys_sub.add_parser("new", help="print a new key for TENANT and its config line")
     new_p.add_argument("tenant")
     keys_sub.add_parser("hash", help="print the config line for a key read from standard input")
+    for name, text in (
+        ("status", "print backends, queues, tenants and recent errors"),
+        ("tail", "stream a tenant's spans as access-log lines"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument(
+            "--admin",
+            default=os.environ.get("OTLP_GATEWAY_ADMIN_URL", console_mod.DEFAULT_ADMIN_URL),
+            help="the admin listener's URL (default $OTLP_GATEWAY_ADMIN_URL or "
+            f"{console_mod.DEFAULT_ADMIN_URL})",
+        )
+        p.add_argument(
+            "--key",
+            help="admin key (default $OTLP_GATEWAY_ADMIN_KEY, or the embedded default's key "
+            "in --data-dir)",
+        )
+        p.add_argument("--data-dir", default="./otlp-data")
+        if name == "tail":
+            p.add_argument("--tenant", required=True)
+            p.add_argument("--service", default="", help="only spans of this service.name")
+            p.add_argument("--limit", type=int, help="stop after this many rows")
     args = parser.parse_args(argv)
 
     if args.command == "keys":
         return _keys_new(args.tenant) if args.keys_command == "new" else _keys_hash()
+    if args.command in ("status", "tail"):
+        key = console_mod.admin_key(args.key, args.data_dir)
+        if args.command == "status":
+            return console_mod.status(args.admin, key)
+        return console_mod.tail(args.admin, key, args.tenant, args.service, limit=args.limit)
 
     dev_key = None
     try:
@@ -130,7 +204,11 @@ def main(argv: list[str] | None = None) -> int:
             config = config_mod.load(args.config)
         else:
             dev_key = _dev_key(args.data_dir)
-            config = config_mod.embedded_default(args.data_dir, keys.digest(dev_key))
+            admin_key = _dev_key(args.data_dir, ADMIN_KEY_FILE)
+            config = config_mod.embedded_default(
+                args.data_dir, keys.digest(dev_key), keys.config_entry(admin_key)
+            )
+        config = _with_tls_flags(config, args)
         if config.tls is not None:
             from .server import tls_context_ok
 
@@ -153,15 +231,17 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
 
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    print(banner(config, dev_key), flush=True)
+    level = args.log_level or config.log.level
+    log_format = args.log_format or config.log.format
+    logs.setup(level, log_format)
+    if log_format == "json":  # every line a JSON object, the banner too
+        logging.getLogger("otlp_gateway").info(banner(config, dev_key).rstrip())
+    else:
+        print(banner(config, dev_key), flush=True)
     from .server import serve
 
     try:
-        serve(config, log_level=args.log_level)
+        serve(config, log_level=level)
     except OSError as exc:
         print(f"otlp-gateway: cannot listen: {exc}", file=sys.stderr)
         return 1

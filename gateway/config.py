@@ -110,6 +110,14 @@ class QuotaConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RedConfig:
+    """RED metrics from a tenant's spans (opt-in: it decodes the tenant's trace requests)."""
+
+    span_kinds: tuple[str, ...] = ()  # empty: every kind
+    max_series: int = 1000  # (service, span name) pairs per tenant; more count as "_other_"
+
+
+@dataclass(frozen=True, slots=True)
 class TenantConfig:
     name: str
     api_keys: tuple[str, ...] = ()  # sha256 hex digests of the keys
@@ -119,6 +127,29 @@ class TenantConfig:
     attributes: Mapping[str, str] = field(default_factory=dict)
     quota: QuotaConfig = QuotaConfig()
     drop: tuple[DropRule, ...] = ()
+    red_metrics: RedConfig | None = None
+
+
+DEFAULT_ADMIN_LISTEN = "127.0.0.1:9464"
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    """The admin listener: /metrics, /healthz, /readyz (no key), the admin API and the status
+    page (admin key)."""
+
+    listen: str | None = DEFAULT_ADMIN_LISTEN  # None: no admin listener
+    api_key: str | None = None  # the key itself or sha256:<hex>; None: admin API refused
+
+    @property
+    def port(self) -> int | None:
+        return None if self.listen is None else int(self.listen.rpartition(":")[2])
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    format: str = "text"  # text | json
+    level: str = "info"
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +168,11 @@ class GatewayConfig:
     tenants: Mapping[str, TenantConfig] | None = None
     drop: tuple[DropRule, ...] = ()  # applies to every tenant
     reload_interval: float = 2.0  # how often the config file is checked for changes; 0: never
+    admin: AdminConfig = AdminConfig()
+    log: LogConfig = LogConfig()
+    workers: int = 1  # processes serving the same ports (SO_REUSEPORT), each with its own queues
+    worker: int | None = None  # this process's index, when workers > 1
+    pinned: tuple[str, ...] = ()  # fields set on the command line: a reload keeps them
     source: str = "<defaults>"
     path: str | None = None  # the file it came from, for reloads
 
@@ -145,10 +181,12 @@ DEV_TENANT = "dev"
 
 
 def embedded_default(
-    data_dir: str = "./otlp-data", dev_key_digest: str | None = None
+    data_dir: str = "./otlp-data",
+    dev_key_digest: str | None = None,
+    admin_key_digest: str | None = None,
 ) -> GatewayConfig:
     """What `otlp-gateway serve` runs with no config: local listeners, a file backend, and (given
-    a key digest) one `dev` tenant."""
+    key digests) one `dev` tenant and the admin API."""
     archive = BackendConfig(name="local-files", protocol="file", path=data_dir, compression="none")
     tenants = None
     if dev_key_digest is not None:
@@ -158,6 +196,7 @@ def embedded_default(
         backends={"local-files": archive},
         service_backends=("local-files",),
         tenants=tenants,
+        admin=AdminConfig(api_key=admin_key_digest),
         source="<embedded default>",
     )
 
@@ -478,7 +517,16 @@ def _tenant(
     t = parent.section(name)
     if not _TENANT_NAME.match(name):
         raise t.error("", "tenant names are letters, digits, '.', '_' and '-' (at most 63)")
-    t.known("api_keys", "backends", "signal_backends", "signals", "attributes", "quota", "drop")
+    t.known(
+        "api_keys",
+        "backends",
+        "signal_backends",
+        "signals",
+        "attributes",
+        "quota",
+        "drop",
+        "red_metrics",
+    )
     keys = []
     for i, key in enumerate(t.str_list("api_keys")):
         digest = key.removeprefix(KEY_PREFIX).lower()
@@ -524,7 +572,45 @@ def _tenant(
         attributes=attributes,
         quota=quota,
         drop=_drop_rules(t, "drop"),
+        red_metrics=_red(t),
     )
+
+
+_SPAN_KINDS = ("internal", "server", "client", "producer", "consumer", "unspecified")
+
+
+def _red(t: _Section) -> RedConfig | None:
+    value = t.data.get("red_metrics")
+    if value is None or value is False:
+        return None
+    if value is True:
+        return RedConfig()
+    r = t.section("red_metrics")
+    r.known("span_kinds", "max_series")
+    kinds = r.str_list("span_kinds")
+    for i, kind in enumerate(kinds):
+        if kind not in _SPAN_KINDS:
+            raise t.doc.error(
+                f"{r._p('span_kinds')}[{i}]",
+                f"must be one of {', '.join(_SPAN_KINDS)}; got {kind!r}",
+            )
+    return RedConfig(span_kinds=kinds, max_series=r.integer("max_series", 1000, minimum=1))
+
+
+def _admin(top: _Section, listen: tuple[str, ...]) -> AdminConfig:
+    a = top.section("admin")
+    a.known("listen", "api_key")
+    address: str | None = DEFAULT_ADMIN_LISTEN
+    if "listen" in a.data:
+        raw = a.data["listen"]
+        address = None if raw in (None, False, "", "off") else a.text("listen")
+    if address is not None:
+        _check_listen(a, (address,))
+        port = address.rpartition(":")[2]
+        if any(other.rpartition(":")[2] == port for other in listen):
+            raise a.error("listen", f"port {port} is also an OTLP listener; give the admin its own")
+    key = a.opt_text("api_key") or None
+    return AdminConfig(listen=address, api_key=key)
 
 
 def parse(
@@ -557,6 +643,9 @@ def parse(
         "drop",
         "reload_interval",
         "queue",
+        "admin",
+        "log",
+        "workers",
     )
     listen = top.str_list("listen", DEFAULT_LISTEN)
     if not listen:
@@ -618,7 +707,19 @@ def parse(
         tenants=tenants,
         drop=_drop_rules(top, "drop"),
         reload_interval=top.duration("reload_interval", 2.0),
+        admin=_admin(top, listen),
+        log=_log(top),
+        workers=top.integer("workers", 1, minimum=1),
         source=source,
+    )
+
+
+def _log(top: _Section) -> LogConfig:
+    section = top.section("log")
+    section.known("format", "level")
+    return LogConfig(
+        format=section.text("format", "text", ("text", "json")),
+        level=section.text("level", "info", ("debug", "info", "warning", "error")),
     )
 
 

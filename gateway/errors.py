@@ -27,36 +27,47 @@ class GrpcCode(IntEnum):
 class GatewayError(Exception):
     http_status = 500
     grpc_code = GrpcCode.INTERNAL
+    reason = "internal"  # the bounded label a refusal is counted and logged under
+    tenant: str | None = None  # set when the refusal came after the tenant was known
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, reason: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.retry_after = retry_after
+        if reason is not None:
+            self.reason = reason
 
 
 class InvalidRequest(GatewayError):
     http_status = 400
     grpc_code = GrpcCode.INVALID_ARGUMENT
+    reason = "invalid"
 
 
 class RequestTooLarge(GatewayError):
     http_status = 413
     grpc_code = GrpcCode.RESOURCE_EXHAUSTED  # without RetryInfo: clients do not retry
+    reason = "too_large"
 
 
 class UnsupportedMediaType(GatewayError):
     http_status = 415
     grpc_code = GrpcCode.INVALID_ARGUMENT
+    reason = "unsupported_media_type"
 
 
 class Unauthenticated(GatewayError):
     http_status = 401
     grpc_code = GrpcCode.UNAUTHENTICATED
+    reason = "unauthenticated"
 
 
 class PermissionDenied(GatewayError):
     http_status = 403
     grpc_code = GrpcCode.PERMISSION_DENIED
+    reason = "permission_denied"
 
 
 class Throttled(GatewayError):
@@ -64,6 +75,7 @@ class Throttled(GatewayError):
 
     http_status = 429
     grpc_code = GrpcCode.RESOURCE_EXHAUSTED
+    reason = "throttled"
 
 
 class Unavailable(GatewayError):
@@ -71,3 +83,4 @@ class Unavailable(GatewayError):
 
     http_status = 503
     grpc_code = GrpcCode.UNAVAILABLE
+    reason = "unavailable"

@@ -31,6 +31,7 @@ _PROTOBUF_TYPES = frozenset({PROTOBUF, "application/protobuf"})
 
 class _MethodNotAllowed(GatewayError):
     http_status = 405
+    reason = "method_not_allowed"
 
 
 def _headers(scope: Scope) -> dict[str, str]:
@@ -61,6 +62,7 @@ class OTLPHTTPEndpoint:
         try:
             body = await self._handle(scope, headers, media_type, receive)
         except GatewayError as error:
+            self._intake.refused(self.signal, "http/json" if as_json else "http/protobuf", error)
             await self._respond(
                 send, error.http_status, as_json, _status_body(error, as_json), error
             )
@@ -80,8 +82,18 @@ class OTLPHTTPEndpoint:
                 f"send {PROTOBUF} or {JSON}"
             )
         tenant = self._intake.admit(self.signal, headers)
+        try:
+            return await self._read_and_accept(headers, media_type, receive, tenant)
+        except GatewayError as error:
+            if error.tenant is None:
+                error.tenant = tenant.name
+            raise
+
+    async def _read_and_accept(
+        self, headers: dict[str, str], media_type: str, receive: Receive, tenant: Tenant
+    ) -> bytes:
         if self._inflight.full:
-            raise Throttled(self._inflight.busy_message(), retry_after=1.0)
+            raise Throttled(self._inflight.busy_message(), retry_after=1.0, reason="busy")
         length = headers.get("content-length", "")
         held = int(length) if length.isdigit() else 0  # reserved before reading
         self._inflight.bytes += held
@@ -133,7 +145,8 @@ class OTLPHTTPEndpoint:
             raise InvalidRequest(
                 f"the body is not a valid protobuf {self.signal.request_type.__name__} ({exc})"
             ) from None
-        await self._intake.accept(self.signal, data, items, tenant)
+        transport = "http/json" if media_type == JSON else "http/protobuf"
+        await self._intake.accept(self.signal, data, items, tenant, transport)
         return b"{}" if media_type == JSON else self._empty
 
     async def _respond(

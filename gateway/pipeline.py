@@ -20,14 +20,16 @@ import random
 import re
 import time
 from collections.abc import Coroutine, Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
 
-from . import split, wire
+from . import metrics, recent, split, wire
 from .batch import Batch
 from .config import BackendConfig, RetryConfig
 from .errors import Throttled, Unavailable
 from .exporters import Exporter, ExportError, create_exporter
 from .queues import DurableQueue, MemoryQueue, Queue
+from .signals import SIGNALS
 from .spool import SpoolError, SpoolFull
 
 log = logging.getLogger("otlp_gateway.pipeline")
@@ -43,10 +45,17 @@ def _dir_name(backend: str, tenant: str | None) -> str:
     return safe if tenant is None else f"{safe}@{tenant}"
 
 
-def make_queue(config: BackendConfig, tenant: str | None) -> Queue:
+def queue_base(config: BackendConfig, worker: int | None = None) -> Path:
+    """The directory a backend's durable queues live under; each worker process has its own."""
+    base = Path(config.queue.directory)
+    return base if worker is None else base / f"worker-{worker}"
+
+
+def make_queue(config: BackendConfig, tenant: str | None, worker: int | None = None) -> Queue:
     q = config.queue
     if q.durable:
-        return DurableQueue(Path(q.directory) / _dir_name(config.name, tenant), q.max_bytes)
+        directory = queue_base(config, worker) / _dir_name(config.name, tenant)
+        return DurableQueue(directory, q.max_bytes)
     return MemoryQueue(q.max_bytes)
 
 
@@ -71,6 +80,11 @@ class Destination:
         self.delivered_items = 0
         self.dropped_items = 0
         self.last_error: str | None = None
+        self.last_error_time = 0.0  # Unix seconds
+        self.retrying = False  # the last attempt failed and a retry is pending
+        self._seconds = {
+            s.name: metrics.EXPORT_SECONDS.labels(config.name, s.name) for s in SIGNALS
+        }
 
     def start(self) -> None:
         self._exporter = create_exporter(self.config)
@@ -149,7 +163,9 @@ class Destination:
             return
         pair = split.halves(batch.signal, batch.payload)
         if pair is None:  # a single item the backend will not take
-            self._drop(batch, "the backend refuses it as too large, and it holds one item")
+            self._drop(
+                batch, "too_large", "the backend refuses it as too large, and it holds one item"
+            )
             return
         for half in pair:
             await self._deliver_splitting(_piece(batch, half))
@@ -162,17 +178,27 @@ class Destination:
         delay = self.retry.initial_interval
         attempt = 0
         assert self._exporter is not None
+        signal = batch.signal.name
         while True:
             attempt += 1
+            if attempt > 1:
+                metrics.RETRIES.labels(self.config.name, signal).inc()
+            began = time.monotonic()
             try:
                 await self._exporter.export(batch)
             except ExportError as exc:
-                self.last_error = str(exc)
+                self._seconds[signal].observe(time.monotonic() - began)
+                outcome = (
+                    "too_large" if exc.too_large else "retryable" if exc.retryable else "permanent"
+                )
+                metrics.EXPORT_ATTEMPTS.labels(self.config.name, signal, outcome).inc()
+                self._failed(batch, str(exc))
                 elapsed = time.monotonic() - started
                 if exc.too_large and not last:
                     return True
                 if not exc.retryable:
-                    self._drop(batch, f"permanent error: {exc}")
+                    self.retrying = False
+                    self._drop(batch, "permanent_error", f"permanent error: {exc}")
                     return False
                 wait = (
                     exc.retry_after
@@ -180,8 +206,13 @@ class Destination:
                     else delay * random.uniform(0.5, 1.5)
                 )
                 if elapsed + wait > self.retry.max_elapsed:
-                    self._drop(batch, f"gave up after {attempt} attempts in {elapsed:.0f}s: {exc}")
+                    self._drop(
+                        batch,
+                        "retries_exhausted",
+                        f"gave up after {attempt} attempts in {elapsed:.0f}s: {exc}",
+                    )
                     return False
+                self.retrying = True
                 log.info(
                     "backend %s: attempt %d for %d %s failed, retrying in %.1fs: %s",
                     self.name,
@@ -195,15 +226,46 @@ class Destination:
                 delay = min(delay * 2, self.retry.max_interval)
             except Exception as exc:  # an exporter bug must not kill the worker
                 log.exception("backend %s: unexpected export failure", self.name)
-                self._drop(batch, f"unexpected error: {exc!r}")
+                metrics.EXPORT_ATTEMPTS.labels(self.config.name, signal, "unexpected").inc()
+                self._failed(batch, repr(exc))
+                self._drop(batch, "unexpected", f"unexpected error: {exc!r}")
                 return False
             else:
+                self._seconds[signal].observe(time.monotonic() - began)
+                metrics.EXPORT_ATTEMPTS.labels(self.config.name, signal, "ok").inc()
+                metrics.EXPORTED_ITEMS.labels(self.config.name, batch.tenant, signal).inc(
+                    batch.items
+                )
+                metrics.EXPORTED_BYTES.labels(self.config.name, batch.tenant, signal).inc(
+                    len(batch.payload)
+                )
                 self.delivered_items += batch.items
-                self.last_error = None
+                self.retrying = False
                 return False
 
-    def _drop(self, batch: Batch, reason: str) -> None:
+    def _failed(self, batch: Batch, message: str) -> None:
+        self.last_error = message
+        self.last_error_time = time.time()
+        recent.note(
+            "export",
+            message,
+            tenant=batch.tenant,
+            backend=self.config.name,
+            signal=batch.signal.name,
+        )
+
+    def _drop(self, batch: Batch, label: str, reason: str) -> None:
         self.dropped_items += batch.items
+        metrics.DROPPED_ITEMS.labels(batch.tenant, batch.signal.name, self.config.name, label).inc(
+            batch.items
+        )
+        recent.note(
+            "dropped",
+            f"{batch.items} {batch.signal.item_name}: {reason}",
+            tenant=batch.tenant,
+            backend=self.config.name,
+            signal=batch.signal.name,
+        )
         log.error(
             "backend %s: dropped %d %s of tenant %s: %s",
             self.name,
@@ -241,6 +303,7 @@ class Destination:
         self._mode = "retire"
         lost = await self._stop(deadline)
         if lost and not self.queue.durable:
+            metrics.DROPPED_ITEMS.labels("", "", self.config.name, "shutdown").inc(lost)
             log.error("backend %s: %d items in delivery at the deadline were lost", self.name, lost)
 
     async def drain(self, deadline: float) -> None:
@@ -251,6 +314,7 @@ class Destination:
         if not self.queue.durable:
             lost += self.queue.pending_items()
             if lost:
+                metrics.DROPPED_ITEMS.labels("", "", self.config.name, "shutdown").inc(lost)
                 log.error(
                     "backend %s: %d items not delivered by the deadline were lost", self.name, lost
                 )
@@ -265,8 +329,14 @@ class Destination:
 class Pipeline:
     """Routes accepted batches to the destinations named for them."""
 
-    def __init__(self, backends: Mapping[str, BackendConfig], retry: RetryConfig) -> None:
-        self.backends: dict[str, BackendConfig] = dict(backends)
+    def __init__(
+        self,
+        backends: Mapping[str, BackendConfig],
+        retry: RetryConfig,
+        worker: int | None = None,
+    ) -> None:
+        self.worker = worker  # the worker process's index when there are several
+        self.backends: dict[str, BackendConfig] = self._own(backends)
         self._per_tenant = self._tenant_split(self.backends)
         self.retry = retry
         self.destinations: dict[Key, Destination] = {}
@@ -274,6 +344,17 @@ class Pipeline:
         self._opening: dict[Key, asyncio.Future[Destination]] = {}
         self._accepting = False
         self._retiring: set[asyncio.Task[None]] = set()
+
+    def _own(self, backends: Mapping[str, BackendConfig]) -> dict[str, BackendConfig]:
+        """The backends as this process uses them: with several workers, each writes file
+        backends into its own subdirectory (two processes never append to one file)."""
+        if self.worker is None:
+            return dict(backends)
+        sub = f"worker-{self.worker}"
+        return {
+            name: replace(b, path=str(Path(b.path) / sub)) if b.protocol == "file" else b
+            for name, b in backends.items()
+        }
 
     @staticmethod
     def per_tenant(config: BackendConfig) -> bool:
@@ -289,7 +370,7 @@ class Pipeline:
             if not self.per_tenant(config):
                 await self._open((name, None))
             elif config.queue.durable:  # replay the tenants' queues left on disk
-                base = Path(config.queue.directory)
+                base = queue_base(config, self.worker)
                 prefix = _dir_name(name, None) + "@"
                 if base.is_dir():
                     for sub in sorted(base.iterdir()):
@@ -302,7 +383,7 @@ class Pipeline:
         config = self.backends[name]
         queue = self._queues.get(key)
         if queue is None:
-            queue = make_queue(config, tenant)
+            queue = make_queue(config, tenant, self.worker)
             try:
                 await queue.open()
             except SpoolError as exc:
@@ -326,7 +407,7 @@ class Pipeline:
         """Take a new set of backends. Unchanged ones carry on. A changed one gets new workers and
         exporter on the same queue, so nothing queued is dropped; the old workers finish the
         batches in hand. A removed one delivers what it has queued, then closes."""
-        old_backends, self.backends, self.retry = self.backends, dict(backends), retry
+        old_backends, self.backends, self.retry = self.backends, self._own(backends), retry
         self._per_tenant = self._tenant_split(self.backends)
         loop = asyncio.get_running_loop()
         for key, d in list(self.destinations.items()):
@@ -380,6 +461,7 @@ class Pipeline:
                     f"the queue for backend {d.name} is full; retry after "
                     f"{FULL_QUEUE_RETRY_AFTER:.0f}s",
                     retry_after=FULL_QUEUE_RETRY_AFTER,
+                    reason="queue_full",
                 )
         durable = []
         try:
@@ -390,10 +472,12 @@ class Pipeline:
             if durable:
                 await asyncio.gather(*durable)
         except SpoolFull as exc:
-            raise Throttled(f"{exc}", retry_after=FULL_QUEUE_RETRY_AFTER) from None
+            raise Throttled(
+                f"{exc}", retry_after=FULL_QUEUE_RETRY_AFTER, reason="queue_full"
+            ) from None
         except SpoolError as exc:
             raise Unavailable(
-                f"could not store the batch durably: {exc}", retry_after=1.0
+                f"could not store the batch durably: {exc}", retry_after=1.0, reason="storage"
             ) from None
 
     async def shutdown(self, timeout: float) -> None:
@@ -409,3 +493,37 @@ class Pipeline:
             await asyncio.gather(*pending, return_exceptions=True)
         for queue in self._queues.values():
             await queue.close()
+
+    # -- what operators see -------------------------------------------------------------------
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    def queue_readings(self) -> list[metrics.QueueReading]:
+        return [
+            metrics.QueueReading(
+                backend=name,
+                tenant=tenant or "",
+                batches=d.queue.depth,
+                bytes=d.queue.queued_bytes,
+                max_bytes=d.queue.max_bytes,
+                oldest_age=d.queue.oldest_age(),
+            )
+            for (name, tenant), d in list(self.destinations.items())
+        ]
+
+    async def problems(self) -> list[str]:
+        """Why the pipeline cannot take data now; empty when it can. Durable queues are probed
+        with a real write, off the event loop."""
+        if not self._accepting:
+            return ["the pipeline is not accepting (starting or shutting down)"]
+        found: list[str] = []
+        for queue in list(self._queues.values()):
+            if queue.durable:
+                problem = await asyncio.to_thread(queue.problem)
+            else:
+                problem = queue.problem()
+            if problem is not None:
+                found.append(problem)
+        return found

@@ -5,7 +5,9 @@ with the tenant (and so the tenant's headers) framed into every record."""
 from __future__ import annotations
 
 import asyncio
+import os
 import struct
+import time
 from collections.abc import Awaitable
 from pathlib import Path
 
@@ -40,6 +42,7 @@ class MemoryQueue:
         self.max_bytes = max_bytes
         self._queue: asyncio.Queue[tuple[int, Batch]] = asyncio.Queue()
         self._unacked: dict[int, int] = {}  # token -> bytes, handed out and not acknowledged
+        self._since: dict[int, float] = {}  # token -> when queued, in order, until acknowledged
         self._next = 0
         self.queued_bytes = 0  # queued and in delivery
 
@@ -57,6 +60,7 @@ class MemoryQueue:
     def submit(self, batch: Batch) -> Awaitable[int] | None:
         self._next += 1
         self.queued_bytes += len(batch.payload)
+        self._since[self._next] = time.time()
         self._queue.put_nowait((self._next, batch))
         return None
 
@@ -75,6 +79,16 @@ class MemoryQueue:
 
     def ack(self, token: int) -> None:
         self.queued_bytes -= self._unacked.pop(token, 0)
+        self._since.pop(token, None)
+
+    def oldest_age(self) -> float:
+        """Seconds since the oldest batch not yet acknowledged was queued (0 when none)."""
+        for queued in self._since.values():
+            return max(0.0, time.time() - queued)
+        return 0.0
+
+    def problem(self) -> str | None:
+        return None
 
     def pending_items(self) -> int:
         """Items queued or handed out and not acknowledged: lost if the process stops now."""
@@ -125,6 +139,29 @@ class DurableQueue:
 
     def ack(self, token: int) -> None:
         self.spool.ack(token)
+
+    def oldest_age(self) -> float:
+        return self.spool.oldest_unacked_age() if self._spool is not None else 0.0
+
+    def problem(self) -> str | None:
+        """Why the queue cannot store batches now (None when it can). Writes, syncs and removes
+        a small file, so a disk that went read-only, full or away is seen before a client is."""
+        if self._spool is None:
+            return f"the queue {self.directory} is not open"
+        if self._spool.broken is not None:
+            return self._spool.broken
+        probe = self.directory / ".ready-probe"
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, b"ok")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            return f"the queue directory {self.directory} is not writable: {exc.strerror or exc}"
+        return None
 
     def pending_items(self) -> int:
         return 0  # what is not acknowledged stays on disk for the next start

@@ -9,9 +9,12 @@ import contextlib
 import hashlib
 import logging
 import signal
+import time
+from dataclasses import replace
 from pathlib import Path
 
 from . import config as config_mod
+from . import metrics, recent
 from .config import ConfigError, GatewayConfig
 from .intake import Intake
 from .pipeline import Pipeline
@@ -20,7 +23,16 @@ from .tenants import Directory
 log = logging.getLogger("otlp_gateway.reload")
 
 # Keys that only take effect at start.
-_RESTART_KEYS = ("listen", "tls", "limits", "cors", "server", "timeout_keep_alive")
+_RESTART_KEYS = (
+    "listen",
+    "tls",
+    "limits",
+    "cors",
+    "server",
+    "timeout_keep_alive",
+    "log",
+    "workers",
+)
 
 
 class Reloader:
@@ -50,15 +62,25 @@ class Reloader:
             new = config_mod.load(path)
         except ConfigError as exc:
             self.failures += 1
+            metrics.RELOADS.labels("failed").inc()
+            recent.note("reload", f"refused ({why}), the previous config keeps serving: {exc}")
             log.error("config reload (%s) refused, still serving the previous config: %s", why, exc)
             return False
+        pinned = self.config.pinned
+        new = replace(new, pinned=pinned, **{k: getattr(self.config, k) for k in pinned})
         for key in _RESTART_KEYS:
             if getattr(new, key) != getattr(self.config, key):
                 log.warning("config reload (%s): a change of %r takes effect at restart", why, key)
+        if new.admin.listen != self.config.admin.listen:
+            log.warning(
+                "config reload (%s): a change of 'admin.listen' takes effect at restart", why
+            )
         self._pipeline.reconfigure(new.backends, new.retry)
         self._intake.directory = Directory(new, previous=self._intake.directory)
         self.config = new
         self.reloads += 1
+        metrics.RELOADS.labels("ok").inc()
+        metrics.CONFIG_LOADED.set(time.time())
         tenants = "open (no tenants)" if new.tenants is None else f"{len(new.tenants)} tenants"
         log.info("config reloaded (%s): %s, %d backends", why, tenants, len(new.backends))
         return True

@@ -41,7 +41,7 @@ from ._gen.opentelemetry.proto.collector.profiles.v1development.profiles_service
 from ._gen.opentelemetry.proto.collector.trace.v1.trace_service_connect import (
     TraceServiceASGIApplication,
 )
-from .errors import GatewayError, GrpcCode, Throttled
+from .errors import GatewayError, GrpcCode, InvalidRequest, RequestTooLarge, Throttled
 from .intake import Intake
 from .signals import LOGS, METRICS, PROFILES, TRACES, Signal
 from .tenants import Tenant
@@ -63,20 +63,43 @@ _CODES = {
 }
 
 
-# The errors this module raised inside connect-python during the current request. connect-python
-# keeps a caught error in a local of the frame its traceback points back to: a reference cycle that
-# pins every frame in between (with the request's buffers, up to the body cap) until a full GC.
-# RPCService drops their tracebacks once the request is answered.
-_RAISED: ContextVar[list[BaseException] | None] = ContextVar("_RAISED", default=None)
-# The tenant of the request being served, settled by RPCService before connect-python runs.
-_TENANT: ContextVar[Tenant | None] = ContextVar("_TENANT", default=None)
+class _Call:
+    """What RPCService knows about the request being served, shared with the code connect-python
+    calls (export(), the codecs) through a ContextVar."""
+
+    __slots__ = ("raised", "refusal", "tenant", "transport")
+
+    def __init__(self, transport: str) -> None:
+        # The errors raised inside connect-python. It keeps a caught error in a local of the
+        # frame its traceback points back to: a reference cycle that pins every frame in between
+        # (with the request's buffers, up to the body cap) until a full GC. RPCService drops
+        # their tracebacks once the request is answered.
+        self.raised: list[BaseException] = []
+        self.refusal: GatewayError | None = None  # the first one, counted and logged
+        self.tenant: Tenant | None = None
+        self.transport = transport
 
 
-def _tracked(error: ConnectError) -> ConnectError:
-    raised = _RAISED.get()
-    if raised is not None:
-        raised.append(error)
-    return error
+_CALL: ContextVar[_Call | None] = ContextVar("_CALL", default=None)
+
+
+def _refuse(error: GatewayError) -> ConnectError:
+    """The ConnectError that answers `error`, noted for accounting and cleanup."""
+    connect_error = to_connect_error(error)
+    call = _CALL.get()
+    if call is not None:
+        call.raised.append(connect_error)
+        if call.refusal is None:
+            call.refusal = error
+    return connect_error
+
+
+def _transport(content_type: str) -> str:
+    if content_type.startswith("application/grpc-web"):
+        return "grpc-web"
+    if content_type.startswith("application/grpc"):
+        return "grpc"
+    return "connect"
 
 
 class RawRequest:
@@ -90,10 +113,9 @@ class RawRequest:
         try:
             self.items = wire.count_items(self.signal, raw)
         except wire.WireError as exc:
-            raise _tracked(
-                ConnectError(
-                    Code.INVALID_ARGUMENT,
-                    f"the body is not a valid protobuf {self.signal.request_type.__name__} ({exc})",
+            raise _refuse(
+                InvalidRequest(
+                    f"the body is not a valid protobuf {self.signal.request_type.__name__} ({exc})"
                 )
             ) from None
         self.data = raw
@@ -126,14 +148,16 @@ class _ExportService:
         self._response = signal.response_type()
 
     async def export(self, request: RawRequest, ctx: RequestContext[Any, Any]) -> Message:
-        tenant = _TENANT.get()
-        assert tenant is not None  # a refused request never reaches export()
+        call = _CALL.get()
+        assert call is not None and call.tenant is not None  # refused requests never get here
         try:
-            await self._intake.accept(self._signal, request.data, request.items, tenant)
+            await self._intake.accept(
+                self._signal, request.data, request.items, call.tenant, call.transport
+            )
         except GatewayError as error:
             if error.retry_after is not None:
                 ctx.response_headers()["retry-after"] = str(max(1, round(error.retry_after)))
-            raise _tracked(to_connect_error(error)) from None
+            raise _refuse(error) from None
         return self._response
 
 
@@ -155,11 +179,9 @@ class BoundedGzip(Compression):
         try:
             return limits.decompress("gzip", bytes(data), self._cap)
         except limits.TooLarge as exc:
-            raise _tracked(ConnectError(Code.RESOURCE_EXHAUSTED, str(exc))) from None
+            raise _refuse(RequestTooLarge(str(exc))) from None
         except limits.BadEncoding as exc:
-            raise _tracked(
-                ConnectError(Code.INVALID_ARGUMENT, f"the message is not valid gzip: {exc}")
-            ) from None
+            raise _refuse(InvalidRequest(f"the message is not valid gzip: {exc}")) from None
 
 
 class _JSONCodec:
@@ -170,18 +192,15 @@ class _JSONCodec:
         return "json"
 
     def encode(self, message: Message) -> bytes:
-        return str(json_format.MessageToJson(message)).encode()
+        return str(json_format.MessageToJson(message, indent=None)).encode()
 
     def decode(self, data: bytes | bytearray, message: Any) -> Any:
         target = message.signal.request_type() if isinstance(message, RawRequest) else message
         try:
             json_format.Parse(bytes(data), target, ignore_unknown_fields=True)
         except (json_format.ParseError, ValueError, TypeError) as exc:
-            raise _tracked(
-                ConnectError(
-                    Code.INVALID_ARGUMENT,
-                    f"the body is not valid JSON for {target.DESCRIPTOR.name}: {exc}",
-                )
+            raise _refuse(
+                InvalidRequest(f"the body is not valid JSON for {target.DESCRIPTOR.name}: {exc}")
             ) from None
         if isinstance(message, RawRequest):
             message.ParseFromString(target.SerializeToString())
@@ -239,32 +258,33 @@ class RPCService:
         length = headers.get("content-length", "")
         drain = not length.isdigit() or int(length) <= limits.DISCARD_LIMIT
         cap = self._limits.max_body_bytes
-        tenant = None
         capped: _CappedReceive | None = None
-        raised: list[BaseException] = []
-        token = _RAISED.set(raised)
+        call = _Call(_transport(headers.get("content-type", "")))
+        token = _CALL.set(call)
         try:
             # Who is asking is settled from the headers, before the body is read.
-            tenant = self._intake.admit(self.signal, headers)
+            call.tenant = self._intake.admit(self.signal, headers)
             if self._inflight.full:
-                raise Throttled(self._inflight.busy_message(), retry_after=1.0)
+                raise Throttled(self._inflight.busy_message(), retry_after=1.0, reason="busy")
         except GatewayError as refusal:
-            receive = _refuse_body(receive, to_connect_error(refusal), drain=drain)
+            receive = _refuse_body(receive, _refuse(refusal), drain=drain)
         else:
             if length.isdigit() and int(length) > cap:
                 receive = _refuse_body(receive, _too_large(cap), drain=drain)
             else:
                 capped = _CappedReceive(receive, cap, self._inflight)
                 receive = capped
-        tenant_token = _TENANT.set(tenant)
         try:
             await self.app(scope, receive, send)
         finally:
-            _TENANT.reset(tenant_token)
+            _CALL.reset(token)
             if capped is not None:
                 capped.release()
-            _RAISED.reset(token)
-            for error in raised:
+            if call.refusal is not None:
+                if call.refusal.tenant is None and call.tenant is not None:
+                    call.refusal.tenant = call.tenant.name
+                self._intake.refused(self.signal, call.transport, call.refusal)
+            for error in call.raised:
                 # Breaks the cycles: frees the request's buffers now. The context (the error we
                 # translated) has a traceback too, pointing at frames that hold the body.
                 error.__traceback__ = None
@@ -273,9 +293,7 @@ class RPCService:
 
 
 def _too_large(cap: int) -> ConnectError:
-    return _tracked(
-        ConnectError(Code.RESOURCE_EXHAUSTED, limits.too_large_message("the request body", cap))
-    )
+    return _refuse(RequestTooLarge(limits.too_large_message("the request body", cap)))
 
 
 def _refuse_body(receive: Receive, error: ConnectError, *, drain: bool) -> Receive:
@@ -284,7 +302,7 @@ def _refuse_body(receive: Receive, error: ConnectError, *, drain: bool) -> Recei
     async def refuse() -> ASGIMessage:
         if drain:
             await limits.discard_body(receive)
-        raise _tracked(error)
+        raise error
 
     return refuse
 

@@ -4,25 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import socket
 import ssl
-from typing import Any
-
-from starlette.types import ASGIApp
+from typing import TYPE_CHECKING, Any
 
 from .config import GatewayConfig
+
+if TYPE_CHECKING:
+    from .app import GatewayApp
 
 log = logging.getLogger("otlp_gateway")
 
 
-def _bind(address: str) -> socket.socket:
+def _bind(address: str, port_offset: int = 0, reuse_port: bool = False) -> socket.socket:
     host, _, port = address.rpartition(":")
+    port = str(int(port) + port_offset)
     host = host.strip("[]")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted connections only then; without it
     # every gRPC call waits ~40 ms for a delayed ACK (headers, data, trailers are separate writes).
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:  # several worker processes on one port: the kernel spreads connections
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     if family == socket.AF_INET6:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
     sock.bind((host, int(port)))
@@ -32,14 +37,23 @@ def _bind(address: str) -> socket.socket:
 
 
 def serve(config: GatewayConfig, *, log_level: str = "info") -> None:
+    if config.workers > 1 and config.worker is None:
+        from .workers import supervise
+
+        supervise(config, log_level)
+        return
     from .app import create_app
 
     app = create_app(config)
-    sockets = [_bind(address) for address in config.listen]
+    several = config.worker is not None
+    sockets = [_bind(address, reuse_port=several) for address in config.listen]
+    admin = None
+    if config.admin.listen is not None:  # worker i: the admin port + i
+        admin = _bind(config.admin.listen, port_offset=config.worker or 0)
     if config.server == "hypercorn":
-        _serve_hypercorn(app, config, sockets, log_level)
+        _serve_hypercorn(app, config, sockets, admin, log_level)
     else:
-        _serve_uvicorn(app, config, sockets, log_level)
+        _serve_uvicorn(app, config, sockets + ([admin] if admin else []), log_level)
 
 
 def _complete_bodyless_h2_requests() -> None:
@@ -64,17 +78,22 @@ def _complete_bodyless_h2_requests() -> None:
 
 
 def _serve_uvicorn(
-    app: ASGIApp, config: GatewayConfig, sockets: list[socket.socket], log_level: str
+    app: GatewayApp, config: GatewayConfig, sockets: list[socket.socket], log_level: str
 ) -> None:
     import uvicorn
 
     _complete_bodyless_h2_requests()
 
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            app.stopping()
+            super().handle_exit(sig, frame)
+
     kwargs: dict[str, object] = {}
     if config.tls is not None:
         kwargs["ssl_certfile"] = config.tls.cert
         kwargs["ssl_keyfile"] = config.tls.key or config.tls.cert
-    server = uvicorn.Server(
+    server = Server(
         uvicorn.Config(
             app,
             http="zttp",
@@ -84,6 +103,7 @@ def _serve_uvicorn(
             timeout_graceful_shutdown=int(config.shutdown_timeout) + 5,
             log_level=log_level,
             access_log=False,
+            log_config=None,  # keep the gateway's log format (text or JSON)
             server_header=False,
             **kwargs,  # type: ignore[arg-type]
         )
@@ -92,9 +112,12 @@ def _serve_uvicorn(
 
 
 def _serve_hypercorn(
-    app: ASGIApp, config: GatewayConfig, sockets: list[socket.socket], log_level: str
+    app: GatewayApp,
+    config: GatewayConfig,
+    sockets: list[socket.socket],
+    admin: socket.socket | None,
+    log_level: str,
 ) -> None:
-    from hypercorn.asyncio import serve as hypercorn_serve
     from hypercorn.config import Config
 
     hc = Config()
@@ -103,6 +126,14 @@ def _serve_hypercorn(
     # on, so nothing closes them twice. With TLS configured, `bind` are the TLS sockets; without,
     # they are plaintext (h1 and h2c prior knowledge).
     hc.bind = [f"fd://{sock.detach()}" for sock in sockets]
+    if admin is not None:
+        # The admin listener is plaintext even when the OTLP listeners use TLS: probes and
+        # Prometheus scrape it from inside the cluster or the host.
+        admin_bind = f"fd://{admin.detach()}"
+        if config.tls is not None:
+            hc.insecure_bind = [admin_bind]
+        else:
+            hc.bind.append(admin_bind)
     hc.backlog = 2048  # asyncio.start_server re-listens with this (hypercorn's default is 100)
     hc.keep_alive_timeout = config.timeout_keep_alive
     hc.keep_alive_max_requests = 2**31  # its default (1000) ends long-lived gRPC connections
@@ -115,7 +146,24 @@ def _serve_hypercorn(
         hc.certfile = config.tls.cert
         hc.keyfile = config.tls.key or config.tls.cert
         hc.alpn_protocols = ["h2", "http/1.1"]
-    asyncio.run(hypercorn_serve(app, hc, mode="asgi"))  # type: ignore[arg-type]
+    asyncio.run(_run_hypercorn(app, hc))
+
+
+async def _run_hypercorn(app: GatewayApp, hc: Any) -> None:
+    from hypercorn.asyncio import serve as hypercorn_serve
+
+    # Our own signal handling (hypercorn's does the same without the hook): end the live tails
+    # first, so open streams do not hold the graceful shutdown up.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        app.stopping()
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    await hypercorn_serve(app, hc, mode="asgi", shutdown_trigger=stop.wait)  # type: ignore[arg-type]
 
 
 def tls_context_ok(cert: str, key: str | None) -> None:

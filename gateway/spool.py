@@ -994,6 +994,11 @@ class Spool:
     def max_bytes(self) -> int:
         return self._max_bytes
 
+    @property
+    def broken(self) -> str | None:
+        """Why the spool stopped taking records after a failed write (None while it works)."""
+        return self._broken
+
     def oldest_unacked_age(self) -> float:
         """Seconds since the oldest unacknowledged record was appended (0 when none)."""
         times = [e.time_ms for e in self._inflight.values()]

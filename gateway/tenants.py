@@ -18,6 +18,7 @@ from .enrich import ResourceEnricher
 from .errors import PermissionDenied, RequestTooLarge, Throttled, Unauthenticated
 from .limits import too_large_message
 from .quota import Quota
+from .red import RedMetrics
 from .signals import SIGNALS, Signal
 
 log = logging.getLogger("otlp_gateway.tenants")
@@ -41,6 +42,7 @@ class Tenant:
         drop: DropFilter | None,
         quota: Quota | None,
         enrich: bool,
+        red: RedMetrics | None = None,
     ) -> None:
         self.name = config.name
         self.config = config
@@ -56,13 +58,16 @@ class Tenant:
         self.quota = quota
         self.max_request_bytes = config.quota.max_request_bytes
         self.digests = tuple(bytes.fromhex(d) for d in config.api_keys)
+        self.red = red  # RED metrics from spans, when the tenant opted in
 
     def check_signal(self, signal: Signal) -> None:
         if signal.name not in self.signals:
-            raise PermissionDenied(
+            error = PermissionDenied(
                 f"tenant {self.name} may not send {signal.name}; "
                 f"allowed: {', '.join(sorted(self.signals))}"
             )
+            error.tenant = self.name
+            raise error
 
     def prepare(self, signal: Signal, payload: bytes, items: int) -> tuple[bytes, int]:
         """Apply the tenant's quota, drop rules and enrichment; return what to forward."""
@@ -74,6 +79,7 @@ class Tenant:
                 raise Throttled(
                     f"tenant {self.name} is over its rate quota; retry after {wait:.1f}s",
                     retry_after=wait,
+                    reason="quota",
                 )
         if self.drop is not None and self.drop.applies(signal):
             payload, dropped = self.drop.apply(signal, payload)
@@ -105,12 +111,24 @@ class Directory:
                     quota = prev.quota  # unchanged by the reload: keep the bucket's state
                 else:
                     quota = Quota(q.items_per_second, q.bytes_per_second, q.burst_seconds)
+            red = None
+            if tc.red_metrics is not None:
+                prev = old.get(name)
+                if (
+                    prev is not None
+                    and prev.red is not None
+                    and prev.config.red_metrics == tc.red_metrics
+                ):
+                    red = prev.red  # keeps its series count across the reload
+                else:
+                    red = RedMetrics(name, tc.red_metrics.span_kinds, tc.red_metrics.max_series)
             tenant = Tenant(
                 tc,
                 config.service_backends,
                 DropFilter(rules) if rules else None,
                 quota,
                 enrich=not self.open,
+                red=red,
             )
             self.tenants[name] = tenant
             for digest in tenant.digests:

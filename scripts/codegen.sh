@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Regenerate the Connect stubs for the OTLP collector services into gateway/_gen/.
+# Regenerate the Connect stubs for the OTLP collector services and the admin API (proto/)
+# into gateway/_gen/.
 #
 #   scripts/codegen.sh          regenerate gateway/_gen in place
 #   scripts/codegen.sh --check  generate into a temp dir and diff it against gateway/_gen;
@@ -8,7 +9,7 @@
 #
 # Needs: node + npm (buf comes from the pinned npm devDependency @bufbuild/buf), and a
 # Python environment with the dev dependencies (opentelemetry-proto, protobuf,
-# protoc-gen-connect-python). Pick that Python with PYTHON=/path/to/python (default: python).
+# protoc-gen-connect-python, grpcio-tools). Pick that Python with PYTHON=/path/to/python (default: python).
 set -euo pipefail
 
 usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; }
@@ -68,6 +69,7 @@ write_inits() {
 generate() {
   local base="$1"
   "$BUF" generate --template buf.gen.yaml -o "$base"
+  "$BUF" generate --template buf.gen.admin.yaml -o "$base"
   [[ -n "$(find "$base/$GEN_DIR" -name '*_connect.py' -print -quit)" ]] \
     || die "buf generate produced no *_connect.py files"
   write_inits "$base/$GEN_DIR"

@@ -173,10 +173,15 @@ class Gateway:
     grpc_port: int
     http_port: int
     log_path: Path
+    admin_port: int | None = None
 
     @property
     def http_endpoint(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
 
     @property
     def grpc_endpoint(self) -> str:
@@ -231,6 +236,10 @@ def run_gateway(
     """Start `python -m gateway serve --config` with `config` plus two free listener ports."""
     grpc_port, http_port = free_port(), free_port()
     config = {"listen": [f"127.0.0.1:{grpc_port}", f"127.0.0.1:{http_port}"], **config}
+    admin = dict(config.get("admin") or {})
+    admin.setdefault("listen", f"127.0.0.1:{free_port()}")  # not the shared default port
+    config["admin"] = admin
+    admin_port = int(str(admin["listen"]).rpartition(":")[2])
     config_path = tmp_path / f"gateway-{grpc_port}.yaml"
     config_path.write_text(yaml.safe_dump(config))
     log_path = tmp_path / f"gateway-{grpc_port}.log"
@@ -242,7 +251,7 @@ def run_gateway(
             cwd=tmp_path,
             env={**os.environ, **(env or {})},
         )
-    gw = Gateway(proc, grpc_port, http_port, log_path)
+    gw = Gateway(proc, grpc_port, http_port, log_path, admin_port)
     try:
         try:
             wait_ready(gw, tls="tls" in config)

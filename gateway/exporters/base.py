@@ -5,6 +5,7 @@ import logging
 import time
 from typing import Any, Protocol
 
+from .. import metrics
 from ..batch import Batch
 
 
@@ -39,6 +40,8 @@ log = logging.getLogger("otlp_gateway.export")
 def log_partial_success(backend: str, batch: Batch, rejected: int, message: str) -> None:
     """OTLP partial success: the backend took the request but rejected some items. Not retried
     (the spec says clients must not); logged with what the backend said."""
+    if rejected:
+        metrics.REJECTED_ITEMS.labels(backend, batch.signal.name).inc(rejected)
     if rejected or message:
         log.warning(
             "backend %s partially rejected a %s batch of tenant %s: %s rejected: %s",

@@ -1,0 +1,171 @@
+"""Health: /healthz (alive), /readyz (can take data), and the standard gRPC health service
+(grpc.health.v1.Health/Check) so Kubernetes `grpc:` probes and grpc-health-probe work.
+
+The gRPC service is two one-field messages, so it is answered here on the wire rather than
+through generated code.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable
+from urllib.parse import quote
+
+from starlette.types import Receive, Scope, Send
+
+from . import limits, wire
+from .signals import SIGNALS
+
+GRPC_SERVICE = "grpc.health.v1.Health"
+SERVING, NOT_SERVING = 1, 2
+# Check answers for the whole gateway ("") and for each OTLP service by name.
+KNOWN_SERVICES = frozenset({""} | {s.service for s in SIGNALS})
+_CACHE_SECONDS = 1.0  # probes may be frequent; the storage check writes and syncs a file
+
+Problems = Callable[[], Awaitable[list[str]]]
+
+
+class Readiness:
+    """The readiness verdict, computed at most once a second."""
+
+    def __init__(self, problems: Problems) -> None:
+        self._problems = problems
+        self._at = -_CACHE_SECONDS
+        self._last: list[str] = []
+
+    async def problems(self) -> list[str]:
+        now = time.monotonic()
+        if now - self._at >= _CACHE_SECONDS:
+            self._last = await self._problems()
+            self._at = time.monotonic()
+        return self._last
+
+
+async def _plain(send: Send, status: int, body: bytes, content_type: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", content_type),
+                (b"content-length", str(len(body)).encode()),
+                (b"cache-control", b"no-store"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class HealthzEndpoint:
+    """Alive: the event loop answers."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await _plain(send, 200, b"ok\n", b"text/plain; charset=utf-8")
+
+
+class ReadyzEndpoint:
+    def __init__(self, readiness: Readiness) -> None:
+        self._readiness = readiness
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        problems = await self._readiness.problems()
+        body = json.dumps({"ready": not problems, "problems": problems}).encode() + b"\n"
+        await _plain(send, 503 if problems else 200, body, b"application/json")
+
+
+class GrpcHealth:
+    """grpc.health.v1.Health: Check answers SERVING or NOT_SERVING; Watch is not offered."""
+
+    path = "/" + GRPC_SERVICE
+
+    def __init__(self, readiness: Readiness) -> None:
+        self._readiness = readiness
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        content_type = dict(scope["headers"]).get(b"content-type", b"")
+        if not content_type.startswith(b"application/grpc"):
+            await _plain(send, 415, b"gRPC only: content-type application/grpc\n", b"text/plain")
+            return
+        try:
+            body = await limits.read_body(receive, 64 * 1024)
+        except (limits.TooLarge, limits.ClientGone):
+            await _trailers_only(send, 3, "the request is too large or incomplete")
+            return
+        method = scope["path"].rsplit("/", 1)[-1]
+        if method != "Check":
+            await _trailers_only(send, 12, f"{GRPC_SERVICE}/{method} is not offered; use Check")
+            return
+        service = _service_name(body)
+        if service is None:
+            await _trailers_only(send, 3, "the body is not a HealthCheckRequest")
+            return
+        if service not in KNOWN_SERVICES:
+            await _trailers_only(send, 5, f"unknown service {service!r}")
+            return
+        status = NOT_SERVING if await self._readiness.problems() else SERVING
+        message = bytes([0x08, status])  # field 1 (status), varint
+        frame = b"\x00" + len(message).to_bytes(4, "big") + message
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/grpc")],
+                "trailers": True,
+            }
+        )
+        await send({"type": "http.response.body", "body": frame, "more_body": False})
+        await send(
+            {
+                "type": "http.response.trailers",
+                "headers": [(b"grpc-status", b"0")],
+                "more_trailers": False,
+            }
+        )
+
+
+def _service_name(body: bytes) -> str | None:
+    """HealthCheckRequest.service from one uncompressed gRPC frame; None when malformed."""
+    if len(body) < 5 or body[0] != 0 or int.from_bytes(body[1:5], "big") != len(body) - 5:
+        return None
+    pos, end, service = 5, len(body), ""
+    try:
+        while pos < end:
+            key, pos = wire.read_varint(body, pos, end)
+            field, wtype = key >> 3, key & 7
+            if wtype == 2:
+                size, pos = wire.read_varint(body, pos, end)
+                if pos + size > end:
+                    return None
+                if field == 1:
+                    service = body[pos : pos + size].decode("utf-8")
+                pos += size
+            else:
+                pos = wire.skip_scalar(body, pos, end, wtype)
+    except (wire.WireError, UnicodeDecodeError):
+        return None
+    return service
+
+
+async def _trailers_only(send: Send, code: int, message: str) -> None:
+    """An error answer: no message, the status in trailers (sent as trailers, since an ASGI
+    server ends a body-less response with an empty DATA frame, which gRPC clients refuse)."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"application/grpc")],
+            "trailers": True,
+        }
+    )
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+    await send(
+        {
+            "type": "http.response.trailers",
+            "headers": [
+                (b"grpc-status", str(code).encode()),
+                (b"grpc-message", quote(message, safe=" ").encode()),
+            ],
+            "more_trailers": False,
+        }
+    )

@@ -1,0 +1,480 @@
+// The gateway's status page: tables refreshed from the admin API every 2 s, and the live tail
+// of one tenant read from the server-streaming Tail call. Plain browser JavaScript, no build.
+"use strict";
+
+const SERVICE = "/otlp_gateway.admin.v1.AdminService/";
+const REFRESH_MS = 2000;
+const TAIL_MAX_ROWS = 200;
+const TAIL_RETRY_MS = 2000;
+const KEY_STORE = "otlp-gateway.admin-key";
+const TENANT_STORE = "otlp-gateway.tail-tenant";
+
+const $ = (sel) => document.querySelector(sel);
+
+const state = {
+  key: sessionStorage.getItem(KEY_STORE) || "",
+  timer: null,
+  generation: 0, // of refresh() calls
+  tenantNames: null, // names in the tail's <select>, as last filled
+  tail: null, // {controller, tenant, service}
+  tailRetry: null,
+  skipped: 0,
+};
+
+// --------------------------------------------------------------------------------------------
+// Formatting
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === "class") node.className = v;
+    else if (k === "text") node.textContent = v;
+    else node.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children) {
+    if (c === null || c === undefined) continue;
+    node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return node;
+}
+
+const num = (v) => Number(v ?? 0); // proto3 JSON: uint64 as strings, defaults omitted
+const fmtInt = (v) => num(v).toLocaleString("en-US");
+
+function fmtBytes(v) {
+  let n = num(v);
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) {
+    n /= 1024;
+    i += 1;
+  }
+  return (i === 0 ? String(n) : n.toFixed(n < 10 ? 1 : 0)) + " " + units[i];
+}
+
+function fmtAge(seconds) {
+  const s = num(seconds);
+  if (s < 60) return s.toFixed(1) + " s";
+  if (s < 3600) return (s / 60).toFixed(1) + " min";
+  return (s / 3600).toFixed(1) + " h";
+}
+
+const pad = (n, w = 2) => String(n).padStart(w, "0");
+
+function fmtClock(ms) {
+  const d = new Date(ms);
+  return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}.${pad(d.getMilliseconds(), 3)}`;
+}
+
+function fmtTime(unixSeconds) {
+  const s = num(unixSeconds);
+  if (!s) return "";
+  const d = new Date(s * 1000);
+  const today = new Date().toDateString() === d.toDateString();
+  return (today ? "" : d.toISOString().slice(0, 10) + " ") + fmtClock(d.getTime());
+}
+
+function fmtNanos(nanos) {
+  if (!nanos) return "";
+  try {
+    return fmtClock(Number(BigInt(nanos) / 1000000n));
+  } catch {
+    return String(nanos);
+  }
+}
+
+function fmtDuration(ms) {
+  const v = num(ms);
+  if (v === 0) return "0 ms";
+  if (v < 1) return v.toFixed(3) + " ms";
+  if (v < 1000) return v.toFixed(1) + " ms";
+  return (v / 1000).toFixed(2) + " s";
+}
+
+// --------------------------------------------------------------------------------------------
+// The admin API (Connect protocol, JSON codec)
+
+class ApiError extends Error {
+  constructor(code, message) {
+    super(message || code);
+    this.code = code;
+  }
+}
+
+function headers(contentType) {
+  return {
+    "Content-Type": contentType,
+    "Connect-Protocol-Version": "1",
+    Authorization: "Bearer " + state.key,
+  };
+}
+
+async function errorOf(response) {
+  let code = "http_" + response.status;
+  let message = `${response.status} ${response.statusText}`;
+  try {
+    const body = await response.json();
+    if (body && body.code) {
+      code = body.code;
+      message = body.message || body.code;
+    }
+  } catch {
+    // not a Connect error body
+  }
+  return new ApiError(code, message);
+}
+
+async function call(method) {
+  let response;
+  try {
+    response = await fetch(SERVICE + method, {
+      method: "POST",
+      headers: headers("application/json"),
+      body: "{}",
+      cache: "no-store",
+    });
+  } catch (e) {
+    throw new ApiError("unavailable", "the gateway does not answer (" + e.message + ")");
+  }
+  if (!response.ok) throw await errorOf(response);
+  return response.json();
+}
+
+// One envelope: 1 flag byte, 4-byte big-endian length, the message.
+function envelope(obj) {
+  const data = new TextEncoder().encode(JSON.stringify(obj));
+  const out = new Uint8Array(5 + data.length);
+  new DataView(out.buffer).setUint32(1, data.length, false);
+  out.set(data, 5);
+  return out;
+}
+
+// Yields [flags, parsed JSON] for each envelope of a streaming response body; envelopes may be
+// split across chunks or several may share one.
+async function* envelopes(body) {
+  const reader = body.getReader();
+  const decoder = new TextDecoder();
+  let buf = new Uint8Array(0);
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      const joined = new Uint8Array(buf.length + value.length);
+      joined.set(buf);
+      joined.set(value, buf.length);
+      buf = joined;
+      while (buf.length >= 5) {
+        const len = new DataView(buf.buffer, buf.byteOffset, 5).getUint32(1, false);
+        if (buf.length < 5 + len) break;
+        const flags = buf[0];
+        const text = decoder.decode(buf.subarray(5, 5 + len));
+        buf = buf.slice(5 + len);
+        if (flags & 1) throw new ApiError("internal", "compressed message received");
+        yield [flags, text ? JSON.parse(text) : {}];
+      }
+    }
+  } finally {
+    reader.releaseLock();
+  }
+  if (buf.length) throw new ApiError("data_loss", "the stream ended inside a message");
+}
+
+// --------------------------------------------------------------------------------------------
+// Connection state and messages
+
+function setConn(kind, text) {
+  const c = $("#conn");
+  c.dataset.state = kind;
+  c.textContent = text;
+}
+
+function showMessage(text) {
+  const m = $("#message");
+  m.textContent = text || "";
+  m.hidden = !text;
+}
+
+// --------------------------------------------------------------------------------------------
+// Tables
+
+function renderTenants(resp) {
+  const tenants = resp.tenants || [];
+  $("#open-mode").hidden = !resp.open;
+  const rows = tenants.map((t) => {
+    const attrs = Object.entries(t.resourceAttributes || {})
+      .map(([k, v]) => `${k}=${v}`)
+      .join(", ");
+    return el(
+      "tr",
+      { "data-tenant": t.name },
+      el("td", { class: "name", text: t.name }),
+      el("td", { class: "num keys", text: fmtInt(t.apiKeys) }),
+      el("td", { class: "backends", text: (t.backends || []).join(", ") || "-" }),
+      el("td", { class: "attributes mono muted wrap", text: attrs }),
+      el("td", { class: "num accepted", text: fmtInt(t.acceptedItems) }),
+      el("td", { class: "num refused", text: fmtInt(t.refusedRequests) }),
+    );
+  });
+  $("#tenants tbody").replaceChildren(...rows);
+  const names = tenants.map((t) => t.name);
+  fillTenantSelect(resp.open && !names.length ? ["default"] : names);
+}
+
+function queueLine(q) {
+  const max = num(q.maxBytes);
+  const bytes = num(q.bytes);
+  return el(
+    "div",
+    { class: "queue", "data-queue": q.tenant || "" },
+    el("span", { class: "q-name muted", text: q.tenant ? "@" + q.tenant : "shared" }),
+    el("span", { class: "q-batches num", text: fmtInt(q.batches) + " batches" }),
+    max ? el("meter", { min: "0", max: String(max), value: String(bytes), high: String(max * 0.8) }) : null,
+    el("span", { class: "q-bytes num", text: fmtBytes(bytes) + (max ? " / " + fmtBytes(max) : "") }),
+    el("span", { class: "q-age num muted", text: num(q.oldestAgeSeconds) ? "oldest " + fmtAge(q.oldestAgeSeconds) : "" }),
+  );
+}
+
+function renderBackends(resp) {
+  const rows = (resp.backends || []).map((b) => {
+    const st = (b.state || "BACKEND_STATE_UNSPECIFIED").replace("BACKEND_STATE_", "");
+    const flags = [b.serviceWide ? "all tenants" : null, b.durable ? "durable" : null].filter(Boolean);
+    return el(
+      "tr",
+      { "data-backend": b.name, "data-state": st },
+      el("td", { class: "name" }, el("div", { text: b.name }), el("div", { class: "muted", text: flags.join(", ") })),
+      el("td", { class: "protocol", text: b.protocol || "" }),
+      el("td", { class: "endpoint mono", text: b.endpoint || "" }),
+      el("td", {}, el("span", { class: "state pill " + st.toLowerCase(), text: st })),
+      el("td", { class: "num exported", text: fmtInt(b.exportedItems) }),
+      el("td", { class: "num dropped", text: fmtInt(b.droppedItems) }),
+      el("td", { class: "queues" }, ...(b.queues || []).map(queueLine)),
+      el(
+        "td",
+        { class: "last-error" },
+        b.lastError ? el("div", { class: "muted", text: fmtTime(b.lastErrorTime) }) : null,
+        b.lastError ? el("div", { class: "clamp", title: b.lastError, text: b.lastError }) : null,
+      ),
+    );
+  });
+  $("#backends tbody").replaceChildren(...rows);
+}
+
+// The same error repeated (a backend retrying, a client with a wrong key) is one row with a
+// count and the time it was last seen; rows stay newest first.
+function renderErrors(resp) {
+  const groups = new Map();
+  for (const e of resp.errors || []) {
+    const id = [e.kind, e.tenant, e.backend, e.signal, e.message].join("\u0000");
+    const g = groups.get(id);
+    if (g) g.count += 1;
+    else groups.set(id, { e, count: 1 });
+  }
+  const rows = [...groups.values()].map(({ e, count }) =>
+    el(
+      "tr",
+      { "data-kind": e.kind || "", "data-tenant": e.tenant || "", "data-backend": e.backend || "" },
+      el("td", { class: "time num", text: fmtTime(e.time) }),
+      el(
+        "td",
+        { class: "kind" },
+        el("span", { class: "pill " + (e.kind === "export" || e.kind === "reload" ? "error" : "warn"), text: e.kind || "" }),
+      ),
+      el("td", { class: "count num", text: count > 1 ? count + "\u00d7" : "" }),
+      el(
+        "td",
+        { class: "message" },
+        el("div", { class: "where muted", text: [e.tenant, e.backend, e.signal].filter(Boolean).join(" \u00b7 ") }),
+        el("div", { class: "clamp", title: e.message || null, text: e.message || "" }),
+      ),
+    ),
+  );
+  $("#errors tbody").replaceChildren(...rows);
+  $("#errors-empty").hidden = rows.length > 0;
+}
+
+async function refresh() {
+  clearTimeout(state.timer);
+  const generation = ++state.generation; // a newer call (another key) supersedes this one
+  if (!state.key) {
+    setConn("idle", "not connected");
+    return;
+  }
+  try {
+    const [tenants, backends, errors] = await Promise.all([
+      call("ListTenants"),
+      call("ListBackends"),
+      call("ListRecentErrors"),
+    ]);
+    if (generation !== state.generation) return;
+    renderTenants(tenants);
+    renderBackends(backends);
+    renderErrors(errors);
+    setConn("ok", "connected");
+    showMessage("");
+    $("#updated").textContent = "updated " + fmtClock(Date.now());
+  } catch (e) {
+    if (generation !== state.generation) return;
+    if (e.code === "unauthenticated" || e.code === "permission_denied") {
+      setConn("error", "key refused");
+      showMessage(e.code === "unauthenticated" ? "The admin key was refused: " + e.message : e.message);
+      stopTail();
+      return; // wait for another key
+    }
+    setConn("error", "error");
+    showMessage(e.message);
+  }
+  state.timer = setTimeout(refresh, REFRESH_MS);
+}
+
+// --------------------------------------------------------------------------------------------
+// Live tail
+
+function fillTenantSelect(names) {
+  const key = names.join("\n");
+  if (state.tenantNames === key) return;
+  state.tenantNames = key;
+  const select = $("#tail-tenant");
+  const wanted = select.value || sessionStorage.getItem(TENANT_STORE) || "";
+  const options = [el("option", { value: "", text: "choose a tenant" })];
+  for (const n of names) options.push(el("option", { value: n, text: n }));
+  select.replaceChildren(...options);
+  select.value = names.includes(wanted) ? wanted : "";
+  startTail(); // no-op while the same tenant is tailed
+}
+
+function setTail(kind, text) {
+  const t = $("#tail-state");
+  t.dataset.state = kind;
+  t.textContent = text;
+}
+
+function tailRow(r) {
+  const http = num(r.httpStatus);
+  const status = r.status || "unset";
+  return el(
+    "tr",
+    { class: "fresh status-" + status, "data-trace-id": r.traceId || "", "data-span-id": r.spanId || "" },
+    el("td", { class: "time mono", text: fmtNanos(r.timeUnixNano) }),
+    el("td", { class: "service", text: r.service || "" }),
+    el("td", { class: "span-name", text: r.spanName || "" }),
+    el("td", { class: "kind", text: r.kind || "" }),
+    el("td", { class: "status", title: r.statusMessage || null, text: status + (r.statusMessage ? ": " + r.statusMessage : "") }),
+    el("td", { class: "duration num", text: fmtDuration(r.durationMs) }),
+    el("td", { class: "http-method", text: r.httpMethod || "" }),
+    el("td", { class: "http-route mono", text: r.httpRoute || "" }),
+    el("td", { class: "http-status num" + (http >= 400 ? " http-" + Math.floor(http / 100) : ""), text: http ? String(http) : "" }),
+    el("td", { class: "trace-id mono muted", title: r.traceId || null, text: (r.traceId || "").slice(0, 8) }),
+  );
+}
+
+function addTailRows(rows, skipped) {
+  const tbody = $("#tail tbody");
+  // Rows of one message arrive oldest first: newest ends up on top.
+  const frag = document.createDocumentFragment();
+  for (let i = rows.length - 1; i >= 0; i--) frag.append(tailRow(rows[i]));
+  tbody.prepend(frag);
+  while (tbody.rows.length > TAIL_MAX_ROWS) tbody.lastElementChild.remove();
+  if (skipped) {
+    state.skipped += skipped;
+    $("#tail-skipped").textContent = `${fmtInt(state.skipped)} spans skipped (the page read too slowly)`;
+  }
+}
+
+function clearTail() {
+  $("#tail tbody").replaceChildren();
+  state.skipped = 0;
+  $("#tail-skipped").textContent = "";
+}
+
+function stopTail() {
+  clearTimeout(state.tailRetry);
+  if (state.tail) state.tail.controller.abort();
+  state.tail = null;
+  setTail("idle", "idle");
+}
+
+function startTail() {
+  const tenant = $("#tail-tenant").value;
+  const service = $("#tail-service").value.trim();
+  if (state.tail && state.tail.tenant === tenant && state.tail.service === service) return;
+  stopTail();
+  clearTail();
+  if (tenant) sessionStorage.setItem(TENANT_STORE, tenant);
+  if (!tenant || !state.key) return;
+  const tail = { controller: new AbortController(), tenant, service };
+  state.tail = tail;
+  runTail(tail);
+}
+
+async function runTail(tail) {
+  // The stream may answer only with its first rows: until then it is waiting, not failing.
+  setTail("connecting", "waiting for spans: " + tail.tenant);
+  let retry = true;
+  try {
+    const response = await fetch(SERVICE + "Tail", {
+      method: "POST",
+      headers: headers("application/connect+json"),
+      body: envelope(tailRequest(tail)),
+      signal: tail.controller.signal,
+      cache: "no-store",
+    });
+    if (!response.ok) throw await errorOf(response);
+    setTail("live", "live: " + tail.tenant);
+    for await (const [flags, msg] of envelopes(response.body)) {
+      if (state.tail !== tail) return;
+      if (flags & 2) {
+        if (msg.error) throw new ApiError(msg.error.code, msg.error.message);
+        break;
+      }
+      addTailRows(msg.rows || [], num(msg.skipped));
+    }
+    if (state.tail === tail) setTail("connecting", "stream ended, reconnecting");
+  } catch (e) {
+    if (tail.controller.signal.aborted || state.tail !== tail) return;
+    if (e.code === "unauthenticated" || e.code === "permission_denied" || e.code === "invalid_argument" || e.code === "not_found") retry = false;
+    setTail("error", "tail: " + (e.message || e.code || "failed"));
+  }
+  if (retry && state.tail === tail) {
+    state.tailRetry = setTimeout(() => {
+      if (state.tail === tail) runTail(tail);
+    }, TAIL_RETRY_MS);
+  }
+}
+
+function tailRequest(tail) {
+  return tail.service ? { tenant: tail.tenant, service: tail.service } : { tenant: tail.tenant };
+}
+
+// --------------------------------------------------------------------------------------------
+// Wiring
+
+function connect(key) {
+  state.key = key;
+  if (key) sessionStorage.setItem(KEY_STORE, key);
+  else sessionStorage.removeItem(KEY_STORE);
+  stopTail();
+  state.tenantNames = null; // refill the select, which (re)starts the tail
+  refresh();
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  const input = $("#admin-key");
+  input.value = state.key;
+  $("#key-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    connect(input.value.trim());
+  });
+  $("#forget").addEventListener("click", () => {
+    input.value = "";
+    connect("");
+    $("#tenants tbody").replaceChildren();
+    $("#backends tbody").replaceChildren();
+    $("#errors tbody").replaceChildren();
+    clearTail();
+  });
+  $("#tail-tenant").addEventListener("change", startTail);
+  $("#tail-service").addEventListener("change", startTail);
+  $("#tail-clear").addEventListener("click", clearTail);
+  if (state.key) refresh();
+});

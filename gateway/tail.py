@@ -1,0 +1,90 @@
+"""The live tail: trace payloads of a tenant handed to whoever is watching it, as access-log
+rows. Costs nothing while nobody watches (one dict lookup per request); a watcher that reads
+too slowly skips payloads rather than holding memory or slowing intake."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+
+from . import metrics, spans
+
+PENDING = 16  # payloads held per watcher; more are skipped and counted
+HEARTBEAT = 15.0  # seconds without rows after which an empty message is sent
+
+
+class Watcher:
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self._pending: collections.deque[bytes] = collections.deque()
+        self._ready = asyncio.Event()
+        self.closed = False
+        self.skipped = 0  # spans left out since the last rows handed out
+
+    def offer(self, payload: bytes, items: int) -> None:
+        if len(self._pending) >= PENDING:
+            self.skipped += items
+            return
+        self._pending.append(payload)
+        self._ready.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self._ready.set()
+
+    async def rows(
+        self, heartbeat: float = HEARTBEAT
+    ) -> AsyncIterator[tuple[list[spans.AccessRow], int]]:
+        """(rows, skipped) per payload as they arrive, and ([], 0) after `heartbeat` seconds of
+        nothing (so a caller that hung up is noticed); ends when the hub closes."""
+        while not self.closed:
+            try:
+                await asyncio.wait_for(self._ready.wait(), heartbeat)
+            except TimeoutError:
+                yield [], 0
+                continue
+            self._ready.clear()
+            while self._pending and not self.closed:
+                rows = spans.access_rows(self._pending.popleft(), self.service)
+                skipped, self.skipped = self.skipped, 0
+                if rows or skipped:
+                    yield rows, skipped
+
+
+class TailHub:
+    def __init__(self) -> None:
+        self._watchers: dict[str, set[Watcher]] = {}
+        self._closed = False
+
+    def watching(self, tenant: str) -> bool:
+        return tenant in self._watchers
+
+    def publish(self, tenant: str, payload: bytes, items: int) -> None:
+        for watcher in self._watchers.get(tenant, ()):
+            watcher.offer(payload, items)
+
+    def close(self) -> None:
+        """End every tail (the gateway is stopping: open streams must not hold it up)."""
+        self._closed = True
+        for group in self._watchers.values():
+            for watcher in group:
+                watcher.close()
+
+    @contextmanager
+    def watch(self, tenant: str, service: str = "") -> Iterator[Watcher]:
+        watcher = Watcher(service)
+        if self._closed:
+            watcher.close()
+        self._watchers.setdefault(tenant, set()).add(watcher)
+        metrics.TAIL_SUBSCRIBERS.inc()
+        try:
+            yield watcher
+        finally:
+            metrics.TAIL_SUBSCRIBERS.dec()
+            group = self._watchers.get(tenant)
+            if group is not None:
+                group.discard(watcher)
+                if not group:
+                    del self._watchers[tenant]

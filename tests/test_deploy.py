@@ -1,0 +1,1015 @@
+"""The deploy files (Dockerfile, deploy/compose, deploy/nomad, deploy/kubernetes) against the
+gateway itself: every file parses, every embedded gateway config loads with the gateway's own
+loader given exactly the environment the deploy file provides, and ports, paths, probes, volumes
+and commands agree with that config, the CLI and the README. What can run here runs: the image's
+install command in a scratch directory and its entry point, each deploy config served by a real
+gateway with its probes answered, and the compose demo app sending through TLS.
+
+No container engine runs here, so no image is built and no file is applied to a cluster."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import hcl2
+import httpx
+import pytest
+import yaml
+from hcl2.utils import SerializationOptions
+
+from gateway import config as config_mod
+from gateway import keys
+from gateway.signals import SIGNALS
+
+from .otlp_peers import ROOT, Sink, free_port, wait_until
+from .test_tls_cli import serve
+
+DEPLOY = ROOT / "deploy"
+IMAGE_CONFIG = "/etc/otlp-gateway/gateway.yaml"  # where the image looks for its config
+DATA_DIR = "/var/lib/otlp-gateway"  # the image's writable directory (queues)
+OTLP_PORTS = {4317, 4318}
+ADMIN_PORT = 9464
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+
+
+def load_config(text: str, env: dict[str, str], source: str) -> config_mod.GatewayConfig:
+    """The gateway's loader on `text` with exactly `env` as the environment."""
+    return config_mod.parse(text, source, env)
+
+
+def port_of(address: str) -> int:
+    return int(address.rpartition(":")[2])
+
+
+def admin_listen(text: str) -> str:
+    """The admin listener's address as the config file gives it."""
+    return str(yaml.safe_load(text)["admin"]["listen"])
+
+
+def check_container_config(cfg: config_mod.GatewayConfig, text: str) -> None:
+    """What every config that runs in a container must have: listeners on every interface on the
+    OTLP ports, the admin listener reachable from probes, a durable queue on the data volume."""
+    assert set(cfg.listen) == {f"0.0.0.0:{p}" for p in OTLP_PORTS}
+    assert admin_listen(text) == f"0.0.0.0:{ADMIN_PORT}"
+    assert cfg.admin.listen == f"0.0.0.0:{ADMIN_PORT}"
+    for name in cfg.service_backends:
+        b = cfg.backends[name]
+        assert b.protocol != "file", "a container's files are lost with it"
+        assert b.queue.durable and PurePosixPath(b.queue.directory).is_relative_to(DATA_DIR)
+
+
+def compose_subst(value: str, env: dict[str, str]) -> str:
+    """Compose's interpolation: ${VAR}, ${VAR:-default}, $$."""
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name, default = m.group(1), m.group(2)
+        return env.get(name) or (default if default is not None else "")
+
+    return re.sub(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}", sub, value)
+
+
+def dockerfile() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of the Dockerfile, continuation lines joined."""
+    out: list[tuple[str, str]] = []
+    pending = ""
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        if not pending and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        if line.rstrip().endswith("\\"):
+            pending += line.rstrip()[:-1] + " "
+            continue
+        full = (pending + line).strip()
+        pending = ""
+        instr, _, args = full.partition(" ")
+        out.append((instr.upper(), args.strip()))
+    return out
+
+
+def stages() -> list[list[tuple[str, str]]]:
+    result: list[list[tuple[str, str]]] = []
+    for instr, args in dockerfile():
+        if instr == "FROM":
+            result.append([])
+        if result:
+            result[-1].append((instr, args))
+    return result
+
+
+def args_of(stage: list[tuple[str, str]], instr: str) -> list[str]:
+    return [a for i, a in stage if i == instr]
+
+
+def exec_form(args: str) -> list[str]:
+    value = yaml.safe_load(args)  # a JSON array is YAML
+    assert isinstance(value, list), f"use the exec form: {args}"
+    return [str(v) for v in value]
+
+
+def env_of(stage: list[tuple[str, str]]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for args in args_of(stage, "ENV"):
+        for pair in shlex.split(args):
+            name, _, value = pair.partition("=")
+            env[name] = value
+    return env
+
+
+def hcl(path: Path) -> dict[str, Any]:
+    options = SerializationOptions(
+        with_comments=False,
+        explicit_blocks=False,
+        preserve_heredocs=False,
+        strip_string_quotes=True,
+    )
+    with open(path) as f:
+        return dict(hcl2.load(f, serialization_options=options))
+
+
+def hcl_text(value: str) -> str:
+    """An HCL string's value: escaped quotes and backslashes, and the template escapes $${ and
+    %%{, which stand for a literal ${ and %{."""
+    out = re.sub(r'\\(["\\])', r"\1", value)
+    return out.replace("$${", "${").replace("%%{", "%{")
+
+
+_ACTION = re.compile(r"\{\{(-?)\s*(.*?)\s*(-?)\}\}", re.S)
+
+
+def render_nomad_template(
+    text: str, variables: dict[str, dict[str, str]], services: dict[str, list[dict[str, Any]]]
+) -> str:
+    """The subset of Nomad's template language the job uses: `with nomadVar "PATH"`,
+    `with nomadService "NAME"`, `with index . N`, `.Field` and `end`; whitespace trimming with
+    `{{-` and `-}}`. Anything else fails, so the job cannot grow syntax this does not check."""
+    out: list[str] = []
+    stack: list[Any] = [None]  # the value of `.`; a false `with` pushes `skip`
+    skip = object()
+    pos = 0
+    trim_next = False
+    for m in _ACTION.finditer(text):
+        literal = text[pos : m.start()]
+        if trim_next:
+            literal = literal.lstrip()
+        if m.group(1):
+            literal = literal.rstrip()
+        if skip not in stack:
+            out.append(literal)
+        pos, trim_next = m.end(), bool(m.group(3))
+        action = m.group(2)
+        dot = stack[-1]
+        if action == "end":
+            assert len(stack) > 1, "unbalanced end"
+            stack.pop()
+            continue
+        with_var = re.fullmatch(r'with nomadVar "([^"]+)"', action)
+        with_service = re.fullmatch(r'with nomadService "([^"]+)"', action)
+        with_index = re.fullmatch(r"with index \. (\d+)", action)
+        field = re.fullmatch(r"\.([A-Za-z_][A-Za-z0-9_]*)", action)
+        if skip in stack:
+            if action.startswith("with "):
+                stack.append(skip)
+            continue
+        if with_var:
+            value = variables.get(with_var.group(1))
+            stack.append(value if value else skip)
+        elif with_service:
+            value = services.get(with_service.group(1))
+            stack.append(value if value else skip)
+        elif with_index:
+            stack.append(dot[int(with_index.group(1))])
+        elif field:
+            name = field.group(1)
+            assert isinstance(dot, dict) and name in dot, f"template uses {{{{ .{name} }}}}"
+            out.append(str(dot[name]))
+        else:
+            raise AssertionError(f"template action not covered by this test: {{{{ {action} }}}}")
+    assert len(stack) == 1, "unbalanced with/end"
+    rest = text[pos:]
+    out.append(rest.lstrip() if trim_next else rest)
+    return "".join(out)
+
+
+def local_copy(config_text: str, sink: Sink, tmp: Path) -> dict[str, Any]:
+    """A deploy config made runnable here: backends to the sink, queues under tmp, admin on a
+    free loopback port; tenants, keys, limits and everything else as they are."""
+    data = yaml.safe_load(config_text)
+    for backend in data.get("backends", {}).values():
+        backend["endpoint"] = sink.endpoint
+        backend["protocol"] = "http/protobuf"
+    if "queue" in data:
+        data["queue"]["directory"] = str(tmp / "queue")
+    data["admin"] = {**data.get("admin", {}), "listen": f"127.0.0.1:{free_port()}"}
+    return data
+
+
+def probe(url: str) -> int:
+    try:
+        return httpx.get(url, timeout=5).status_code
+    except httpx.HTTPError:
+        return 0
+
+
+def serve_and_probe(
+    tmp: Path, config_text: str, env: dict[str, str], key: str | None, probes: list[str]
+) -> None:
+    """Serve the deploy config (made local), answer its probes on the admin listener, and take an
+    export with `key` that reaches the backend."""
+    with Sink().running() as sink:
+        data = local_copy(config_text, sink, tmp)
+        with serve(tmp, data, [], env=env, tls=False) as gw:
+            admin = data["admin"]["listen"]
+            for path in probes:
+                url = f"http://{admin}{path}"
+                assert wait_until(lambda u=url: probe(u) == 200), f"{path}: {probe(url)}"
+            headers = {"content-type": "application/x-protobuf"}
+            if key:
+                headers["authorization"] = f"Bearer {key}"
+            body = _one_span_request("deploy-probe")
+            r = httpx.post(f"{gw.http_endpoint}/v1/traces", content=body, headers=headers)
+            assert r.status_code == 200, (r.status_code, r.text)
+            assert sink.wait_items("traces", 1) == 1
+
+
+def _one_span_request(name: str) -> bytes:
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    req = ExportTraceServiceRequest()
+    span = req.resource_spans.add().scope_spans.add().spans.add()
+    span.trace_id, span.span_id, span.name = b"\x01" * 16, b"\x02" * 8, name
+    return req.SerializeToString()
+
+
+def container_uid() -> int:
+    runtime = stages()[-1]
+    user = args_of(runtime, "USER")[-1]
+    uid = user.split(":")[0]
+    if uid.startswith("${"):
+        name = uid.strip("${}")
+        uid = next(a.split("=")[1] for a in args_of(runtime, "ARG") if a.startswith(name + "="))
+    return int(uid)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dockerfile
+
+
+def test_dockerfile_installs_from_the_lock_like_the_readme() -> None:
+    readme = (ROOT / "README.md").read_text()
+    # The README's two steps: install uv with pip, then `uv run --frozen otlp-gateway serve`
+    # (which syncs the locked dependencies into .venv and runs the `otlp-gateway` script).
+    assert "python3 -m pip install uv && uv run --frozen otlp-gateway serve" in readme
+    build, runtime = stages()
+    base = stages()[0][0][1]
+    assert base.endswith(" AS build")
+    assert build[0][1].split()[0] == runtime[0][1].split()[0] == "${PYTHON_IMAGE}"
+    python_image = next(a for i, a in dockerfile() if i == "ARG" and a.startswith("PYTHON_IMAGE"))
+    assert re.fullmatch(r"PYTHON_IMAGE=python:3\.11-slim(-\w+)?", python_image)
+
+    runs = args_of(build, "RUN")
+    pip_install_uv = r'python3 -m pip install --no-cache-dir "uv==\$\{UV_VERSION\}"'
+    assert any(re.match(pip_install_uv, r) for r in runs)
+    syncs = [r for r in runs if "uv sync" in r]
+    assert syncs, "the environment comes from uv sync"
+    for r in syncs:
+        assert "uv sync --frozen --no-dev" in r, r  # the lock file, as it is; no dev group
+    assert "--no-install-project" in syncs[0] and "--no-editable" in syncs[-1]
+    assert env_of(build)["UV_PYTHON_DOWNLOADS"] == "never"  # the base image's Python
+    uv_version = next(a for i, a in build if i == "ARG" and a.startswith("UV_VERSION="))
+    assert re.fullmatch(r"UV_VERSION=\d+\.\d+\.\d+", uv_version)
+
+    # The runtime stage takes the environment only; it runs as a non-root user.
+    assert "--from=build /app/.venv /app/.venv" in args_of(runtime, "COPY")
+    assert env_of(runtime)["PATH"].startswith("/app/.venv/bin:")
+    assert container_uid() >= 1000
+
+    # Start: the `otlp-gateway serve` that `uv run --frozen otlp-gateway serve` runs, with the
+    # config at the path the image's default config is copied to.
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    entry = exec_form(args_of(runtime, "ENTRYPOINT")[-1])
+    cmd = exec_form(args_of(runtime, "CMD")[-1])
+    assert entry == ["otlp-gateway"] and entry[0] in scripts
+    assert cmd == ["serve", "--config", IMAGE_CONFIG]
+    assert f"deploy/container/gateway.yaml {IMAGE_CONFIG}" in args_of(runtime, "COPY")
+    assert args_of(runtime, "WORKDIR")[-1] == DATA_DIR
+
+    exposed = {int(p) for a in args_of(runtime, "EXPOSE") for p in a.split()}
+    assert exposed == OTLP_PORTS | {ADMIN_PORT}
+
+    health = args_of(runtime, "HEALTHCHECK")[-1]
+    assert f"http://127.0.0.1:{ADMIN_PORT}/healthz" in health
+    assert "--start-period=" in health
+
+
+def test_dockerignore_lets_in_what_the_image_copies() -> None:
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+
+    def ignored(path: str) -> bool:
+        result = False
+        for pattern in patterns:
+            negate = pattern.startswith("!")
+            pat = pattern.lstrip("!").rstrip("/")
+            parts = PurePosixPath(path).parts
+            prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+            if any(fnmatch.fnmatchcase(p, pat) for p in prefixes):
+                result = not negate
+        return result
+
+    sources = []
+    for stage in stages():
+        for args in args_of(stage, "COPY"):
+            if args.startswith("--from="):
+                continue
+            sources += [s for s in args.split()[:-1] if not s.startswith("--")]
+    assert sources
+    for source in sources:
+        assert (ROOT / source).exists(), source
+        assert not ignored(source), f"{source} is in .dockerignore"
+    for local in (".venv", "node_modules", "otlp-data", "otlp-queue", ".git", "tests"):
+        assert ignored(local), local
+
+
+def test_image_install_and_entry_point(tmp_path: Path) -> None:
+    """The Dockerfile's build steps, run here: the sources its COPY lines take, its `uv sync`
+    commands against the lock file (with this Python instead of the base image's), then the
+    entry point and the HEALTHCHECK command against the result."""
+    uv = shutil.which("uv")
+    if uv is None:
+        pytest.skip("uv is not on PATH")
+    build, runtime = stages()
+    app = tmp_path / "app"
+    app.mkdir()
+    env = {
+        **{
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("VIRTUAL_ENV", "UV_PROJECT_ENVIRONMENT", "UV_PYTHON")
+        },
+        **env_of(build),
+        "UV_PYTHON": sys.executable,
+    }
+    # In the Dockerfile's order, so each `uv sync` sees only what was copied before it (the
+    # dependency layer is built from pyproject.toml and uv.lock alone).
+    for instr, args in build:
+        if instr == "COPY":
+            *sources, _ = args.split()
+            for source in sources:
+                src = ROOT / source
+                if src.is_dir():
+                    ignore = shutil.ignore_patterns("__pycache__")
+                    shutil.copytree(src, app / source, ignore=ignore)
+                else:
+                    shutil.copy(src, app / source)
+        elif instr == "RUN" and "uv sync" in args:
+            command = re.sub(r"--mount=\S+\s*", "", args)
+            subprocess.run(["sh", "-c", command], cwd=app, env=env, check=True, timeout=600)
+
+    venv = app / ".venv"
+    site = next(venv.glob("lib/python3*/site-packages"))
+    installed = {p.name.split("-")[0].lower() for p in site.glob("*.dist-info")}
+    assert {"otlp_gateway", "hypercorn", "protobuf", "pyyaml"} <= installed
+    assert not installed & {"pytest", "ruff", "mypy", "python_hcl2", "hypothesis", "rotel"}
+    assert (site / "gateway" / "cli.py").is_file()  # installed, not a link to the sources
+    assert not list(site.glob("*.pth")) or all(
+        str(app) not in p.read_text() for p in site.glob("*.pth")
+    )
+    size_mib = sum(f.stat().st_size for f in venv.rglob("*") if f.is_file()) / 2**20
+    assert size_mib < 150, f"the environment is {size_mib:.0f} MiB"
+
+    # The entry point with the image's default config (made local: ports, queue directory).
+    text = (ROOT / "deploy/container/gateway.yaml").read_text()
+    data = yaml.safe_load(text)
+    grpc_port, http_port, admin_port = free_port(), free_port(), free_port()
+    data["listen"] = [f"127.0.0.1:{grpc_port}", f"127.0.0.1:{http_port}"]
+    data["admin"]["listen"] = f"127.0.0.1:{admin_port}"
+    data["queue"]["directory"] = str(tmp_path / "queue")
+    config = tmp_path / "gateway.yaml"
+    config.write_text(yaml.safe_dump(data))
+    entry = exec_form(args_of(runtime, "ENTRYPOINT")[-1])
+    cmd = exec_form(args_of(runtime, "CMD")[-1])
+    cmd[cmd.index("--config") + 1] = str(config)
+    run_env = {
+        **os.environ,
+        **env_of(runtime),
+        "PATH": f"{venv / 'bin'}:{os.environ['PATH']}",
+        "OTLP_GATEWAY_BACKEND_ENDPOINT": "http://127.0.0.1:9",
+        "OTLP_GATEWAY_QUEUE_DURABLE": "true",
+    }
+    run_env.pop("PYTHONPATH", None)
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [*entry, *cmd], cwd=tmp_path, env=run_env, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        ok = wait_until(
+            lambda: (
+                proc.poll() is None and probe_post(f"http://127.0.0.1:{http_port}/v1/traces") == 200
+            ),
+            timeout=30,
+        )
+        assert ok, log.read_text()
+        health = exec_form(args_of(runtime, "HEALTHCHECK")[-1].split(" CMD ", 1)[1])
+        code = health[-1].replace(f"127.0.0.1:{ADMIN_PORT}", f"127.0.0.1:{admin_port}")
+        python = str(venv / "bin" / "python")
+        assert health[0] == "python"
+        check = subprocess.run([python, "-c", code], timeout=30, capture_output=True)
+        assert check.returncode == 0, check.stderr
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def probe_post(url: str) -> int:
+    try:
+        return httpx.post(
+            url, content=b"", headers={"content-type": "application/x-protobuf"}, timeout=2
+        ).status_code
+    except httpx.HTTPError:
+        return 0
+
+
+def test_image_default_config(tmp_path: Path) -> None:
+    text = (ROOT / "deploy/container/gateway.yaml").read_text()
+    env = {"OTLP_GATEWAY_BACKEND_ENDPOINT": "http://lgtm:4318"}
+    cfg = load_config(text, env, "image")
+    assert set(cfg.listen) == {f"0.0.0.0:{p}" for p in OTLP_PORTS}
+    assert admin_listen(text) == f"0.0.0.0:{ADMIN_PORT}"
+    (backend,) = cfg.service_backends
+    assert cfg.backends[backend].endpoint == "http://lgtm:4318"
+    assert cfg.backends[backend].protocol == "http/protobuf"
+    assert not cfg.backends[backend].queue.durable
+    durable = load_config(text, {**env, "OTLP_GATEWAY_QUEUE_DURABLE": "true"}, "image")
+    queue = durable.backends[backend].queue
+    assert queue.durable and PurePosixPath(queue.directory).is_relative_to(DATA_DIR)
+    # without a backend it says which variable to set
+    with pytest.raises(config_mod.ConfigError, match="OTLP_GATEWAY_BACKEND_ENDPOINT is not set"):
+        load_config(text, {}, "image")
+    # every variable it reads is described in its header
+    header = text.split("\nlisten:")[0]
+    for name in set(re.findall(r"\$\{([A-Z_]+)", text)):
+        assert name in header, name
+    serve_and_probe(tmp_path, text, env, None, ["/healthz", "/readyz"])  # open: no key
+
+
+# ---------------------------------------------------------------------------------------------
+# Compose
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return dict(yaml.safe_load((DEPLOY / "compose/compose.yaml").read_text()))
+
+
+def service_env(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment", {})
+    assert isinstance(env, dict)
+    return {k: compose_subst(str(v), {}) for k, v in env.items()}
+
+
+def mounts(service: dict[str, Any]) -> dict[str, str]:
+    """target -> source of a compose service's volumes."""
+    out = {}
+    for v in service.get("volumes", []):
+        source, target, *_ = v.split(":")
+        out[target] = source
+    return out
+
+
+DEMO_KEY_ENV = "DEMO_API_KEY"
+DEMO_APPS = ("demo-grpc", "demo-http")
+
+
+def compose_demo_key(compose: dict[str, Any]) -> str:
+    headers = compose["x-demo-env"]["OTEL_EXPORTER_OTLP_HEADERS"]
+    m = re.search(r"\$\{" + DEMO_KEY_ENV + r":-([^}]+)\}", headers)
+    assert m, headers
+    return m.group(1)
+
+
+def compose_gateway_config(compose: dict[str, Any]) -> Path:
+    """The gateway config file compose mounts where the gateway's --config points."""
+    gw = compose["services"]["gateway"]
+    config = PurePosixPath(gw["command"][gw["command"].index("--config") + 1])
+    # a directory mount: a single-file bind mount would not see an edited (replaced) file
+    source = DEPLOY / "compose" / mounts(gw)[str(config.parent)]
+    assert source.is_dir()
+    return source / config.name
+
+
+def test_compose_gateway(compose: dict[str, Any], tmp_path: Path) -> None:
+    services = compose["services"]
+    assert {"gateway", "traefik", "lgtm", "certs", "demo-grpc", "demo-http"} <= set(services)
+    gw = services["gateway"]
+    build = gw["build"]
+    assert (DEPLOY / "compose" / build["context"] / build["dockerfile"]).resolve() == (
+        ROOT / "Dockerfile"
+    )
+    assert gw["command"] == ["serve", "--config", IMAGE_CONFIG]
+    volumes = mounts(gw)
+    config_file = compose_gateway_config(compose)
+    text = config_file.read_text()
+    env = service_env(gw)
+    cfg = load_config(text, env, str(config_file))  # every ${VAR} it uses is provided
+    check_container_config(cfg, text)
+    assert volumes[DATA_DIR] in compose["volumes"]  # a named volume for the durable queue
+    # backend: otel-lgtm's OTLP/HTTP receiver, on the compose network
+    (backend,) = cfg.service_backends
+    assert cfg.backends[backend].endpoint == "http://lgtm:4318"
+    assert services["lgtm"]["image"].startswith("grafana/otel-lgtm:")
+    published = {int(p.split(":")[-1]) for p in gw["ports"]}
+    assert published == OTLP_PORTS | {ADMIN_PORT}
+    assert all(p.startswith("127.0.0.1:") for p in gw["ports"])
+    # the demo tenant's key is the one the demo apps send
+    demo_key = compose_demo_key(compose)
+    assert cfg.tenants is not None
+    assert keys.digest(demo_key) in cfg.tenants["demo"].api_keys
+    # stop_grace_period above shutdown_timeout
+    assert int(gw["stop_grace_period"].rstrip("s")) > cfg.shutdown_timeout
+    serve_and_probe(tmp_path, text, env, demo_key, ["/healthz", "/readyz"])
+
+
+def test_compose_traefik_and_demo(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    traefik = services["traefik"]
+    flags = dict(f.removeprefix("--").split("=", 1) for f in traefik["command"])
+    entry_port = int(flags["entrypoints.websecure.address"].lstrip(":"))
+    assert f":{entry_port}" in " ".join(traefik["ports"])
+    tmounts = mounts(traefik)
+    dynamic_dir = DEPLOY / "compose" / tmounts[flags["providers.file.directory"]]
+    (dynamic_file,) = dynamic_dir.glob("*.yml")
+    dynamic = yaml.safe_load(dynamic_file.read_text())
+
+    gateway_text = compose_gateway_config(compose).read_text()
+    cfg = load_config(gateway_text, service_env(services["gateway"]), "compose")
+    (router,) = dynamic["http"]["routers"].values()
+    assert router["entryPoints"] == ["websecure"] and "tls" in router
+    service = dynamic["http"]["services"][router["service"]]["loadBalancer"]
+    (server,) = service["servers"]
+    url = httpx.URL(server["url"])
+    assert url.scheme == "h2c" and url.host == "gateway"  # HTTP/2 cleartext to the gateway
+    assert f"0.0.0.0:{url.port}" in cfg.listen
+    health = service["healthCheck"]
+    assert (health["port"], health["path"], health["scheme"]) == (ADMIN_PORT, "/readyz", "http")
+    assert admin_listen(gateway_text) == f"0.0.0.0:{health['port']}"
+
+    # TLS: the certificate files come from the certs service, for the names clients use
+    certs = services["certs"]
+    assert certs["command"][:3] == ["python", "make_certs.py", "/certs"]
+    cert_hosts = certs["command"][3:]
+    cert_volume = mounts(certs)["/certs"]
+    assert tmounts["/certs"] == cert_volume
+    made = {"/certs/ca.pem", "/certs/tls.crt", "/certs/tls.key"}
+    for cert in dynamic["tls"]["certificates"]:
+        assert {cert["certFile"], cert["keyFile"]} <= made
+    hosts = re.findall(r"Host\(`([^`]+)`\)", router["rule"])
+    assert set(hosts) <= set(cert_hosts)
+    aliases = traefik["networks"]["default"]["aliases"]
+
+    # the demo apps: through Traefik over TLS, trusting the demo CA, with the demo key
+    for name in DEMO_APPS:
+        demo = services[name]
+        env = service_env(demo)
+        endpoint = httpx.URL(env["OTEL_EXPORTER_OTLP_ENDPOINT"])
+        assert endpoint.scheme == "https" and (endpoint.port or 443) == entry_port
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"].endswith(f":{entry_port}")  # for every SDK
+        assert endpoint.host in aliases and endpoint.host in hosts
+        assert env["OTEL_EXPORTER_OTLP_CERTIFICATE"] in made
+        assert mounts(demo)["/certs"] == cert_volume
+        assert env["OTEL_EXPORTER_OTLP_PROTOCOL"] in ("grpc", "http/protobuf")
+        assert env["OTEL_EXPORTER_OTLP_HEADERS"] == (
+            f"authorization=Bearer%20{compose_demo_key(compose)}"
+        )
+        assert (DEPLOY / "compose" / demo["build"] / "app.py").is_file()
+    protocols = {services[n]["environment"]["OTEL_EXPORTER_OTLP_PROTOCOL"] for n in DEMO_APPS}
+    assert protocols == {"grpc", "http/protobuf"}
+
+
+def test_compose_demo_app_sends_all_signals_through_tls(
+    compose: dict[str, Any], tmp_path: Path
+) -> None:
+    """The compose demo as it runs there, with a gateway serving TLS in place of Traefik: the
+    certs service's script makes the certificate, the gateway runs the compose config, the demo
+    app sends traces, metrics and logs with the compose environment, over gRPC and over HTTP."""
+    demo_dir = DEPLOY / "compose/demo"
+    certs = tmp_path / "certs"
+    subprocess.run(
+        [sys.executable, str(demo_dir / "make_certs.py"), str(certs), "localhost", "127.0.0.1"],
+        check=True,
+        timeout=60,
+    )
+    services = compose["services"]
+    gateway_text = compose_gateway_config(compose).read_text()
+    gw_env = service_env(services["gateway"])
+    with Sink().running() as sink:
+        data = local_copy(gateway_text, sink, tmp_path)
+        args = ["--tls-cert", str(certs / "tls.crt"), "--tls-key", str(certs / "tls.key")]
+        with serve(tmp_path, data, args, env=gw_env) as gw:
+            for name, port in (("demo-grpc", gw.grpc_port), ("demo-http", gw.http_port)):
+                env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+                for var in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE"):
+                    env.pop(var, None)
+                env.update(service_env(services[name]))
+                env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"https://127.0.0.1:{port}"
+                env["OTEL_EXPORTER_OTLP_CERTIFICATE"] = str(certs / "ca.pem")
+                env["OTEL_SERVICE_NAME"] = name
+                run = subprocess.run(
+                    [sys.executable, "app.py", "--orders", "3", "--interval", "0"],
+                    cwd=demo_dir,
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                )
+                assert run.returncode == 0, run.stderr
+                assert "placed 3 orders" in run.stdout
+
+                def got(signal: str, service: str = name) -> list[Any]:
+                    return [
+                        r
+                        for m in sink.messages(signal)
+                        for r in getattr(m, f"resource_{signal if signal != 'traces' else 'spans'}")
+                        if _attr(r.resource, "service.name") == service
+                    ]
+
+                assert wait_until(lambda: got("traces") and got("metrics") and got("logs"))
+                for signal in ("traces", "metrics", "logs"):
+                    for r in got(signal):
+                        assert _attr(r.resource, "tenant.id") == "demo"
+                        assert _attr(r.resource, "deployment.environment") == "demo"
+                spans = [s.name for r in got("traces") for ss in r.scope_spans for s in ss.spans]
+                assert sorted(set(spans)) == ["POST /checkout", "SELECT stock"]
+                assert wait_until(lambda: len(_log_bodies(got("logs"))) >= 3)
+                assert "order 1 placed: one" in " ".join(_log_bodies(got("logs")))
+                metric_names = {
+                    m.name for r in got("metrics") for sm in r.scope_metrics for m in sm.metrics
+                }
+                assert {"shop.orders", "shop.checkout.duration"} <= metric_names
+
+
+def _attr(resource: Any, key: str) -> str | None:
+    for a in resource.attributes:
+        if a.key == key:
+            return str(a.value.string_value)
+    return None
+
+
+def _log_bodies(resource_logs: list[Any]) -> list[str]:
+    return [
+        rec.body.string_value
+        for r in resource_logs
+        for sl in r.scope_logs
+        for rec in sl.log_records
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Nomad
+
+
+@pytest.fixture(scope="module")
+def nomad() -> dict[str, Any]:
+    return hcl(DEPLOY / "nomad/otlp-gateway.nomad.hcl")
+
+
+def nomad_group(job: dict[str, Any]) -> dict[str, Any]:
+    (job_body,) = job["job"][0].values()
+    (group,) = job_body["group"][0].values()
+    return dict(group)
+
+
+def nomad_task(group: dict[str, Any]) -> dict[str, Any]:
+    (task,) = group["task"][0].values()
+    return dict(task)
+
+
+NOMAD_VARS = {
+    "admin_key": "admin-key-for-the-test",
+    "demo_key_sha256": keys.config_entry("otlpgw_nomad-test-key"),
+    "backend_token": "backend-token-for-the-test",
+}
+
+
+def nomad_config(nomad: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    """The rendered gateway config and the task's environment."""
+    task = nomad_task(nomad_group(nomad))
+    (template,) = task["template"]
+    variables = {"nomad/jobs/otlp-gateway": NOMAD_VARS}
+    services = {"otel-lgtm-http": [{"Address": "10.0.0.7", "Port": 23456}]}
+    text = render_nomad_template(hcl_text(template["data"]), variables, services)
+    env = {k: hcl_text(str(v)) for k, v in task.get("env", [{}])[0].items()}
+    return text, env
+
+
+def test_nomad_job_parses_and_agrees_with_the_gateway(nomad: dict[str, Any]) -> None:
+    header = (DEPLOY / "nomad/otlp-gateway.nomad.hcl").read_text().split("\nvariable")[0]
+    group = nomad_group(nomad)
+    task = nomad_task(group)
+    text, env = nomad_config(nomad)
+    cfg = load_config(text, env, "nomad template")
+    check_container_config(cfg, text)
+    assert "{{" not in text and "$${" not in text
+    # every item of the variable the template reads is in the header's `nomad var put`
+    template_text = hcl_text(task["template"][0]["data"])
+    for item in re.findall(r"\{\{ \.([a-z_]+) \}\}", template_text):
+        assert f"{item}=" in header, item
+    assert cfg.tenants is not None
+    assert cfg.tenants["demo"].api_keys == (NOMAD_VARS["demo_key_sha256"].removeprefix("sha256:"),)
+    (backend,) = cfg.service_backends
+    assert cfg.backends[backend].endpoint == "http://10.0.0.7:23456"
+    assert cfg.backends[backend].headers["Authorization"] == "Bearer backend-token-for-the-test"
+
+    # ports: the listeners and the admin listener behind the group's ports
+    ports = {name: body for p in group["network"][0]["port"] for name, body in p.items()}
+    assert {ports["grpc"]["to"], ports["http"]["to"]} == {port_of(a) for a in cfg.listen}
+    assert ports["admin"]["to"] == port_of(admin_listen(text))
+    config = task["config"][0]
+    assert set(config["ports"]) == set(ports)
+    assert config["image"] == "${var.image}"
+    # the config path given to serve is where the template is rendered (secrets/ -> /secrets)
+    template = task["template"][0]
+    assert config["args"] == ["serve", "--config", "/" + template["destination"]]
+    assert template["destination"].startswith("secrets/")
+    assert (template["change_mode"], template["change_signal"]) == ("signal", "SIGHUP")
+    assert template["uid"] == container_uid()
+
+    # services with health checks on the admin listener
+    services = {s["name"]: s for s in group["service"] + task.get("service", [])}
+    assert {"otlp-gateway-grpc", "otlp-gateway-http", "otlp-gateway-admin"} <= set(services)
+    for name, path in (
+        ("otlp-gateway-grpc", "/readyz"),
+        ("otlp-gateway-http", "/readyz"),
+        ("otlp-gateway-admin", "/healthz"),
+    ):
+        (check,) = services[name]["check"]
+        assert check["type"] == "http" and check["path"] == path
+        assert check.get("port", services[name]["port"]) == "admin"
+    assert services["otlp-gateway-grpc"]["port"] == "grpc"
+    assert "check_restart" in services["otlp-gateway-admin"]["check"][0]
+    tags = services["otlp-gateway-http"]["tags"]
+    assert "traefik.http.services.otlp-gateway.loadbalancer.server.scheme=h2c" in tags
+
+    # durable queue on a host volume mounted at the data directory; one allocation per host
+    (volume,) = group["volume"][0].values()
+    assert volume["type"] == "host" and volume["read_only"] is False
+    (mount,) = task["volume_mount"]
+    assert mount["destination"] == DATA_DIR
+    assert {"operator": "distinct_hosts", "value": "true"} in group["constraint"]
+
+    # memory: at least the measured peak (docs/deploy.md), far above Nomad's 300 MB default
+    resources = task["resources"][0]
+    assert resources["memory"] >= 384 and resources["memory_max"] >= resources["memory"]
+    assert int(str(task["kill_timeout"]).rstrip("s")) > cfg.shutdown_timeout
+
+
+def test_nomad_backend_job(nomad: dict[str, Any]) -> None:
+    lgtm = hcl(DEPLOY / "nomad/otel-lgtm.nomad.hcl")
+    group = nomad_group(lgtm)
+    ports = {name: body for p in group["network"][0]["port"] for name, body in p.items()}
+    services = {s["name"]: s for s in group["service"]}
+    text, _ = nomad_config(nomad)
+    template = hcl_text(nomad_task(nomad_group(nomad))["template"][0]["data"])
+    used = re.findall(r'nomadService "([^"]+)"', template)
+    assert used == ["otel-lgtm-http"]
+    assert ports[services["otel-lgtm-http"]["port"]]["to"] == 4318  # its OTLP/HTTP receiver
+    task = nomad_task(group)
+    assert task["config"][0]["image"].startswith("grafana/otel-lgtm:")
+    assert task["resources"][0]["memory"] >= 2048
+    assert "http/protobuf" in text
+
+
+def test_nomad_config_serves(nomad: dict[str, Any], tmp_path: Path) -> None:
+    text, env = nomad_config(nomad)
+    key = "otlpgw_nomad-test-key"
+    serve_and_probe(tmp_path, text, env, key, ["/healthz", "/readyz"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Kubernetes
+
+
+@pytest.fixture(scope="module")
+def k8s() -> dict[tuple[str, str], dict[str, Any]]:
+    """(kind, name) -> object, from the files kustomization.yaml lists."""
+    base = DEPLOY / "kubernetes"
+    kustomization = yaml.safe_load((base / "kustomization.yaml").read_text())
+    listed = set(kustomization["resources"])
+    on_disk = {p.name for p in base.glob("*.yaml")} - {"kustomization.yaml"}
+    assert listed == on_disk, "every manifest is listed in kustomization.yaml"
+    objects: dict[tuple[str, str], dict[str, Any]] = {}
+    for name in kustomization["resources"]:
+        for doc in yaml.safe_load_all((base / name).read_text()):
+            assert {"apiVersion", "kind", "metadata"} <= set(doc), name
+            objects[(doc["kind"], doc["metadata"]["name"])] = doc
+    return objects
+
+
+def pod_container(k8s: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
+    (container,) = k8s[("StatefulSet", "otlp-gateway")]["spec"]["template"]["spec"]["containers"]
+    return dict(container)
+
+
+def k8s_config(k8s: dict[tuple[str, str], dict[str, Any]]) -> tuple[str, dict[str, str]]:
+    """The ConfigMap's gateway config and the container's environment (Secret + env)."""
+    container = pod_container(k8s)
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        secret = k8s[("Secret", source["secretRef"]["name"])]
+        env.update(secret["stringData"])
+    env.update({e["name"]: e["value"] for e in container.get("env", [])})
+    config_dir = next(m for m in container["volumeMounts"] if m["name"] == "config")
+    config_path = PurePosixPath(container["args"][container["args"].index("--config") + 1])
+    assert config_path.parent == PurePosixPath(config_dir["mountPath"])
+    assert "subPath" not in config_dir  # a subPath mount never sees ConfigMap updates
+    pod = k8s[("StatefulSet", "otlp-gateway")]["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "config")
+    text = k8s[("ConfigMap", volume["configMap"]["name"])]["data"][config_path.name]
+    return text, env
+
+
+def test_kubernetes_manifests_agree_with_the_gateway(
+    k8s: dict[tuple[str, str], dict[str, Any]],
+) -> None:
+    text, env = k8s_config(k8s)
+    cfg = load_config(text, env, "ConfigMap")  # every ${VAR} comes from the Secret or env
+    check_container_config(cfg, text)
+    sts = k8s[("StatefulSet", "otlp-gateway")]
+    pod = sts["spec"]["template"]["spec"]
+    container = pod_container(k8s)
+    labels = sts["spec"]["template"]["metadata"]["labels"]
+    assert sts["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+    # ports: names the Services and probes use, numbers the config listens on
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert {ports["grpc"], ports["http"]} == {port_of(a) for a in cfg.listen}
+    assert ports["admin"] == port_of(admin_listen(text))
+    probes = {kind: container[kind]["httpGet"] for kind in ("livenessProbe", "readinessProbe")}
+    assert probes["livenessProbe"] == {"path": "/healthz", "port": "admin"}
+    assert probes["readinessProbe"] == {"path": "/readyz", "port": "admin"}
+    assert container["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
+    assert container["args"] == ["serve", "--config", IMAGE_CONFIG]
+
+    # durable queue: a volume per replica, mounted at the data directory
+    queue_mount = next(m for m in container["volumeMounts"] if m["mountPath"] == DATA_DIR)
+    (claim,) = sts["spec"]["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == queue_mount["name"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenScaled"] == "Retain"
+
+    # runs as the image's user, read-only root, resources set
+    assert pod["securityContext"]["runAsUser"] == container_uid()
+    assert pod["securityContext"]["fsGroup"] == container_uid()
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["terminationGracePeriodSeconds"] > cfg.shutdown_timeout
+    resources = container["resources"]
+    assert resources["requests"]["memory"] == "256Mi" and resources["limits"]["memory"] == "512Mi"
+    nomad_task_resources = nomad_task(nomad_group(hcl(DEPLOY / "nomad/otlp-gateway.nomad.hcl")))
+    assert nomad_task_resources["resources"][0]["memory_max"] == 512  # the same measured limit
+
+    # image: the name kustomize rewrites
+    kustomization = yaml.safe_load((DEPLOY / "kubernetes/kustomization.yaml").read_text())
+    assert container["image"] in {i["name"] for i in kustomization["images"]}
+
+    # Services: select the pods, target named ports, gRPC as h2c
+    service = k8s[("Service", "otlp-gateway")]
+    headless = k8s[("Service", sts["spec"]["serviceName"])]
+    assert headless["spec"]["clusterIP"] == "None"
+    for svc in (service, headless):
+        assert svc["spec"]["selector"].items() <= labels.items()
+        for port in svc["spec"]["ports"]:
+            assert ports[port["targetPort"]] == port["port"]
+        grpc = next(p for p in svc["spec"]["ports"] if p["name"] == "grpc")
+        assert grpc["appProtocol"] == "kubernetes.io/h2c"
+
+    pdb = k8s[("PodDisruptionBudget", "otlp-gateway")]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    hpa = k8s[("HorizontalPodAutoscaler", "otlp-gateway")]
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("StatefulSet", "otlp-gateway")
+    assert hpa["spec"]["minReplicas"] >= 2
+
+
+def test_kubernetes_ingress_routes_grpc_and_http(
+    k8s: dict[tuple[str, str], dict[str, Any]],
+) -> None:
+    text, env = k8s_config(k8s)
+    cfg = load_config(text, env, "ConfigMap")
+    service = k8s[("Service", "otlp-gateway")]
+    service_ports = {p["name"]: p for p in service["spec"]["ports"]}
+    ingresses = [o for (kind, _), o in k8s.items() if kind == "Ingress"]
+    by_protocol = {
+        i["metadata"]["annotations"]["nginx.ingress.kubernetes.io/backend-protocol"]: i
+        for i in ingresses
+    }
+    assert set(by_protocol) == {"GRPC", "HTTP"}
+    hosts = set()
+    for ingress in ingresses:
+        spec = ingress["spec"]
+        annotations = ingress["metadata"]["annotations"]
+        body = annotations["nginx.ingress.kubernetes.io/proxy-body-size"]
+        assert int(body.rstrip("m")) * 2**20 >= cfg.limits.max_body_bytes
+        (tls,) = spec["tls"]
+        assert tls["secretName"]
+        for rule in spec["rules"]:
+            assert rule["host"] in tls["hosts"]
+            hosts.add(rule["host"])
+            for path in rule["http"]["paths"]:
+                if path["pathType"] in ("Prefix", "Exact"):  # ingress-nginx's strict validation
+                    assert re.fullmatch(r"/[A-Za-z0-9/_-]*", path["path"]), path["path"]
+                else:
+                    assert path["pathType"] == "ImplementationSpecific"
+                backend = path["backend"]["service"]
+                assert backend["name"] == service["metadata"]["name"]
+                assert backend["port"]["name"] in service_ports
+    assert len(hosts) == 1, "one host for every transport"
+
+    def paths(ingress: dict[str, Any]) -> dict[str, str]:
+        return {
+            p["path"]: p["backend"]["service"]["port"]["name"]
+            for r in ingress["spec"]["rules"]
+            for p in r["http"]["paths"]
+        }
+
+    grpc_paths = paths(by_protocol["GRPC"])
+    assert set(grpc_paths) == {f"/{s.service}" for s in SIGNALS}  # every OTLP gRPC service
+    assert set(grpc_paths.values()) == {"grpc"}
+    assert service_ports["grpc"]["appProtocol"] == "kubernetes.io/h2c"
+    http_paths = paths(by_protocol["HTTP"])
+    for signal in SIGNALS:  # every OTLP/HTTP path falls under a Prefix path
+        parts = PurePosixPath(signal.http_path).parts
+        assert any(
+            PurePosixPath(p).parts == parts[: len(PurePosixPath(p).parts)] for p in http_paths
+        ), signal.http_path
+    assert set(http_paths.values()) == {"http"}
+
+
+def test_kubernetes_config_serves(
+    k8s: dict[tuple[str, str], dict[str, Any]], tmp_path: Path
+) -> None:
+    text, env = k8s_config(k8s)
+    container = pod_container(k8s)
+    probes = [container[k]["httpGet"]["path"] for k in ("livenessProbe", "readinessProbe")]
+    demo_key = "otlpgw_demo-only-replace-me-with-otlp-gateway-keys-new"  # the compose demo's
+    serve_and_probe(tmp_path, text, env, demo_key, probes)
+
+
+def test_kustomize_builds(k8s: dict[tuple[str, str], dict[str, Any]]) -> None:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed")
+    out = subprocess.run(
+        [kubectl, "kustomize", str(DEPLOY / "kubernetes")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    built = list(yaml.safe_load_all(out))
+    assert {(d["kind"], d["metadata"]["name"]) for d in built} == set(k8s)
+    for doc in built:
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"]["namespace"] == "otlp-gateway"
+        if doc["kind"] == "StatefulSet":
+            image = doc["spec"]["template"]["spec"]["containers"][0]["image"]
+            assert image == "otlp-gateway:0.1.0"
+
+
+# ---------------------------------------------------------------------------------------------
+# Docs
+
+
+def test_docs_name_files_that_exist() -> None:
+    for doc in ("docs/deploy.md", "docs/clients.md"):
+        text = (ROOT / doc).read_text()
+        for path in set(re.findall(r"`((?:deploy|docs|tests|bench)/[\w./-]+)`", text)):
+            assert (ROOT / path).exists(), f"{doc} names {path}"
+
+
+def test_healthcheck_url_is_fetchable_python() -> None:
+    """The HEALTHCHECK runs `python -c` in the image: the code must compile and use only the
+    standard library."""
+    runtime = stages()[-1]
+    health = exec_form(args_of(runtime, "HEALTHCHECK")[-1].split(" CMD ", 1)[1])
+    assert health[:2] == ["python", "-c"]
+    compile(health[2], "HEALTHCHECK", "exec")
+    imported = set(re.findall(r"import ([\w., ]+)", health[2])[0].replace(" ", "").split(","))
+    assert imported <= {"sys", "urllib.request"}
