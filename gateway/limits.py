@@ -3,12 +3,13 @@ and a cap on the bytes produced while decompressing (so a small gzip bomb cannot
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import zstandard
 from starlette.types import Message, Receive
+
+from . import gz
 
 DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024  # after decompression
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024  # on the wire, before decompression
@@ -74,10 +75,10 @@ def _inflate(data: bytes, cap: int, wbits: int) -> bytes:
     produced = 0
     rest = data
     while rest:
-        d = zlib.decompressobj(wbits)
+        d = gz.decompressobj(wbits)
         try:
             chunk = d.decompress(rest, cap + 1 - produced)
-        except zlib.error as exc:
+        except gz.error as exc:
             raise BadEncoding(str(exc)) from None
         produced += len(chunk)
         out.append(chunk)
@@ -96,15 +97,15 @@ def _inflate(data: bytes, cap: int, wbits: int) -> bytes:
 
 
 def _gunzip(data: bytes, cap: int) -> bytes:
-    return _inflate(data, cap, 16 + zlib.MAX_WBITS)
+    return _inflate(data, cap, 16 + gz.MAX_WBITS)
 
 
 def _inflate_deflate(data: bytes, cap: int) -> bytes:
     # HTTP "deflate" is zlib-wrapped; some clients send raw deflate.
     try:
-        return _inflate(data, cap, zlib.MAX_WBITS)
+        return _inflate(data, cap, gz.MAX_WBITS)
     except BadEncoding:
-        return _inflate(data, cap, -zlib.MAX_WBITS)
+        return _inflate(data, cap, -gz.MAX_WBITS)
 
 
 def _unzstd(data: bytes, cap: int) -> bytes:

@@ -28,7 +28,7 @@ from google.rpc import error_details_pb2
 from starlette.types import Message as ASGIMessage
 from starlette.types import Receive, Scope, Send
 
-from . import limits, wire
+from . import gz, limits, wire
 from ._gen.opentelemetry.proto.collector.logs.v1.logs_service_connect import (
     LogsServiceASGIApplication,
 )
@@ -171,9 +171,7 @@ class BoundedGzip(Compression):
         return "gzip"
 
     def compress(self, data: bytes | bytearray | memoryview) -> bytes:
-        import gzip
-
-        return gzip.compress(bytes(data), compresslevel=1)
+        return gz.gzip_compress(bytes(data), 1)
 
     def decompress(self, data: bytes | bytearray | memoryview) -> bytes:
         try:

@@ -82,6 +82,8 @@ def _serve_uvicorn(
 ) -> None:
     import uvicorn
 
+    from .uvicorn_h2 import GracefulAutoProtocol
+
     _complete_bodyless_h2_requests()
 
     class Server(uvicorn.Server):
@@ -96,8 +98,10 @@ def _serve_uvicorn(
     server = Server(
         uvicorn.Config(
             app,
-            http="zttp",
-            http2=True,  # h2c prior knowledge (gRPC without TLS) and ALPN h2 over TLS
+            # zttp's h1 and h2 (h2c prior knowledge, ALPN h2 over TLS), with a graceful GOAWAY
+            # before zttp's per-connection stream cap (gateway/uvicorn_h2.py)
+            http=GracefulAutoProtocol,
+            http2=False,
             lifespan="on",
             timeout_keep_alive=int(config.timeout_keep_alive),
             timeout_graceful_shutdown=int(config.shutdown_timeout) + 5,

@@ -52,11 +52,12 @@ import mmap
 import os
 import struct
 import time
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+from . import gz
 
 log = logging.getLogger("otlp_gateway.spool")
 
@@ -220,13 +221,13 @@ def _pwrite_all(fd: int, bufs: list[Any], offset: int) -> None:
 
 def _frame_header(entry: _Entry, payload: bytes) -> bytes:
     rest = _HEADER.pack(RECORD_MAGIC, 0, entry.length, entry.id, entry.time_ms)[_CRC_START:]
-    crc = zlib.crc32(payload, zlib.crc32(rest))
+    crc = gz.crc32(payload, gz.crc32(rest))
     return _HEADER.pack(RECORD_MAGIC, crc, entry.length, entry.id, entry.time_ms)
 
 
 def _ack_frame(ids: list[int]) -> bytes:
     body = struct.pack(f"<I{len(ids)}Q", len(ids), *ids)
-    return ACK_MAGIC + struct.pack("<I", zlib.crc32(body)) + body
+    return ACK_MAGIC + struct.pack("<I", gz.crc32(body)) + body
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,7 +262,7 @@ def _parse_at(
     magic, crc, length, rid, time_ms = _HEADER.unpack_from(buf, pos)
     if magic != RECORD_MAGIC or length > size - pos - HEADER_SIZE or rid < min_id:
         return None
-    if zlib.crc32(view[pos + _CRC_START : pos + HEADER_SIZE + length]) != crc:
+    if gz.crc32(view[pos + _CRC_START : pos + HEADER_SIZE + length]) != crc:
         return None
     return rid, length, time_ms
 
@@ -276,7 +277,7 @@ def _read_acks(seg: _Segment, report: RecoveryReport) -> set[int]:
     while pos + _ACK_HEADER.size <= len(data):
         magic, crc, count = _ACK_HEADER.unpack_from(data, pos)
         end = pos + _ACK_HEADER.size + 8 * count
-        if magic != ACK_MAGIC or end > len(data) or zlib.crc32(data[pos + 8 : end]) != crc:
+        if magic != ACK_MAGIC or end > len(data) or gz.crc32(data[pos + 8 : end]) != crc:
             break
         acked.update(struct.unpack_from(f"<{count}Q", data, pos + _ACK_HEADER.size))
         pos = end
@@ -769,7 +770,7 @@ class Spool:
                 magic == RECORD_MAGIC
                 and length == entry.length
                 and rid == entry.id
-                and zlib.crc32(payload, zlib.crc32(frame[_CRC_START:HEADER_SIZE])) == crc
+                and gz.crc32(payload, gz.crc32(frame[_CRC_START:HEADER_SIZE])) == crc
             ):
                 return payload
         raise _CorruptRead(

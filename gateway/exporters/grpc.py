@@ -12,11 +12,12 @@ from typing import Any
 
 import pyqwest
 from connectrpc.code import Code
-from connectrpc.compression.gzip import GzipCompression
+from connectrpc.compression import Compression
 from connectrpc.errors import ConnectError
 from connectrpc.protocol import ProtocolType
 from google.rpc import error_details_pb2
 
+from .. import gz
 from .._gen.opentelemetry.proto.collector.logs.v1.logs_service_connect import LogsServiceClient
 from .._gen.opentelemetry.proto.collector.metrics.v1.metrics_service_connect import (
     MetricsServiceClient,
@@ -49,6 +50,24 @@ _RETRYABLE = frozenset(
         Code.DATA_LOSS,
     }
 )
+
+
+class _Gzip(Compression):
+    """gzip for connect-python's client through ISA-L (gateway/gz.py): the same bytes on the
+    wire, a quarter of the CPU of the standard library's gzip at level 1."""
+
+    def __init__(self, level: int) -> None:
+        self._level = level
+
+    def name(self) -> str:
+        return "gzip"
+
+    def compress(self, data: bytes | bytearray | memoryview) -> bytes:
+        return gz.gzip_compress(bytes(data), self._level)
+
+    def decompress(self, data: bytes | bytearray | memoryview) -> bytes:
+        d = gz.decompressobj(16 + gz.MAX_WBITS)
+        return bytes(d.decompress(bytes(data)) + d.flush())
 
 
 class _RawRequest:
@@ -88,11 +107,7 @@ class GRPCExporter:
             enable_otel=False,
         )
         self._http = pyqwest.Client(transport)
-        compression = (
-            GzipCompression(level=config.compression_level)
-            if config.compression == "gzip"
-            else None
-        )
+        compression = _Gzip(config.compression_level) if config.compression == "gzip" else None
         self._clients = {
             name: client_type(
                 config.endpoint.rstrip("/"),

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import ssl
-import zlib
 
 import httpx
 from google.protobuf.message import DecodeError
 
-from .. import otlpjson
+from .. import gz, otlpjson
 from ..batch import Batch
 from ..config import BackendConfig
 from ..signals import SIGNALS
@@ -22,11 +21,6 @@ from .base import (
 
 # OTLP/HTTP: only these are retryable; every other failure status is permanent.
 _RETRYABLE = frozenset({429, 502, 503, 504})
-
-
-def gzip_compress(data: bytes, level: int) -> bytes:
-    c = zlib.compressobj(level, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-    return c.compress(data) + c.flush()
 
 
 class HTTPExporter:
@@ -54,7 +48,7 @@ class HTTPExporter:
         headers = render_headers(self._config.headers, batch.tenant)
         headers["content-type"] = self._content_type
         if self._config.compression == "gzip":
-            body = gzip_compress(body, self._config.compression_level)
+            body = gz.gzip_compress(body, self._config.compression_level)
             headers["content-encoding"] = "gzip"
         url = self._urls[batch.signal.name]
         try:
