@@ -42,6 +42,7 @@ from ._gen.opentelemetry.proto.collector.trace.v1.trace_service_connect import (
     TraceServiceASGIApplication,
 )
 from .errors import GatewayError, GrpcCode, InvalidRequest, RequestTooLarge, Throttled
+from .grpc_ingress import GrpcExport, is_grpc_proto
 from .intake import Intake
 from .signals import LOGS, METRICS, PROFILES, TRACES, Signal
 from .tenants import Tenant
@@ -227,6 +228,7 @@ class RPCService:
         self._intake = intake
         self._limits = limits_
         self._inflight = inflight
+        self._grpc = GrpcExport(signal, intake, limits_, inflight)
         service = _ExportService(signal, intake)
         app_type = _APPLICATIONS[signal.name]
         self.app = app_type(
@@ -251,6 +253,9 @@ class RPCService:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if is_grpc_proto(scope):  # the hot path: served on the wire, without connect-python
+            await self._grpc(scope, receive, send)
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         length = headers.get("content-length", "")

@@ -1,0 +1,205 @@
+"""OTLP/gRPC Export served directly: the hot path of every gRPC exporter.
+
+A unary Export is one length-prefixed message in, one out, and a status in the trailers, so it is
+handled here on the wire, as OTLP/HTTP is in http_ingress: the body is read with a byte cap,
+inflated with a bounded inflater, validated and counted by the wire walk, and handed to the
+intake; nothing is copied or decoded on the way. connect-python still serves gRPC-web, Connect
+and gRPC with the JSON codec (rpc_ingress), which are rare and not performance-critical.
+"""
+
+from __future__ import annotations
+
+import base64
+from datetime import timedelta
+from urllib.parse import quote
+
+from google.rpc import error_details_pb2, status_pb2
+from starlette.types import Message, Receive, Scope, Send
+
+from . import limits, wire
+from .errors import (
+    GatewayError,
+    GrpcCode,
+    InvalidRequest,
+    RequestTooLarge,
+    Throttled,
+    UnsupportedMediaType,
+)
+from .intake import Intake
+from .signals import Signal
+from .tenants import Tenant
+
+PROTO_TYPES = frozenset({b"application/grpc", b"application/grpc+proto"})
+_ENCODINGS = {b"identity": "", b"gzip": "gzip", b"deflate": "deflate", b"zstd": "zstd"}
+_ACCEPT = b"gzip,deflate,zstd,identity"
+_PREFIX = 5  # compressed flag (1 byte) + message length (4 bytes, big-endian)
+
+
+class _Unimplemented(GatewayError):
+    http_status = 415
+    grpc_code = GrpcCode.UNIMPLEMENTED
+    reason = "unsupported_media_type"
+
+
+class _ProtocolError(GatewayError):
+    """gRPC's own rule: a compressed message without a grpc-encoding is INTERNAL."""
+
+    http_status = 400
+    grpc_code = GrpcCode.INTERNAL
+    reason = "invalid"
+
+
+def is_grpc_proto(scope: Scope) -> bool:
+    """gRPC with the protobuf codec, on a server that can send trailers (HTTP/2)."""
+    if "http.response.trailers" not in scope.get("extensions", {}):
+        return False
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            return value.split(b";", 1)[0].strip().lower() in PROTO_TYPES
+    return False
+
+
+class GrpcExport:
+    """The Export method of one signal's service, over gRPC with the protobuf codec."""
+
+    def __init__(
+        self, signal: Signal, intake: Intake, limits_: limits.Limits, inflight: limits.InFlight
+    ) -> None:
+        self.signal = signal
+        self._intake = intake
+        self._limits = limits_
+        self._inflight = inflight
+        empty = signal.response_type().SerializeToString()
+        self._ok = b"\x00" + len(empty).to_bytes(4, "big") + empty
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = dict(scope["headers"])
+        try:
+            await self._handle(scope, headers, receive)
+        except GatewayError as error:
+            self._intake.refused(self.signal, "grpc", error)
+            await _respond(send, b"", error)
+            return
+        await _respond(send, self._ok, None)
+
+    async def _handle(self, scope: Scope, headers: dict[bytes, bytes], receive: Receive) -> None:
+        length = headers.get(b"content-length", b"")
+        known = length.isdigit()
+        try:
+            if not scope["path"].endswith("/Export"):
+                raise _Unimplemented(f"{scope['path']} is not a method of {self.signal.service}")
+            encoding = _ENCODINGS.get(headers.get(b"grpc-encoding", b"identity").strip().lower())
+            if encoding is None:
+                raise _Unimplemented(
+                    f"grpc-encoding {headers[b'grpc-encoding'].decode('latin-1')!r} is not "
+                    f"supported; use gzip, deflate, zstd or identity"
+                )
+            str_headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers.items()}
+            tenant = self._intake.admit(self.signal, str_headers)
+        except GatewayError:
+            if not known or int(length) <= limits.DISCARD_LIMIT:
+                await limits.discard_body(receive)
+            raise
+        try:
+            await self._read_and_accept(receive, length, known, encoding, tenant)
+        except GatewayError as error:
+            if error.tenant is None:
+                error.tenant = tenant.name
+            raise
+
+    async def _read_and_accept(
+        self, receive: Receive, length: bytes, known: bool, encoding: str, tenant: Tenant
+    ) -> None:
+        cap = self._limits.max_body_bytes
+        if self._inflight.full:
+            if not known or int(length) <= limits.DISCARD_LIMIT:
+                await limits.discard_body(receive)
+            raise Throttled(self._inflight.busy_message(), retry_after=1.0, reason="busy")
+        held = int(length) if known else 0
+        self._inflight.bytes += held
+        try:
+            if known and int(length) > cap:
+                if int(length) <= limits.DISCARD_LIMIT:
+                    await limits.discard_body(receive)
+                raise RequestTooLarge(limits.too_large_message("the request body", cap))
+            try:
+                body = await limits.read_body(receive, cap)
+            except limits.TooLarge as exc:
+                raise RequestTooLarge(str(exc)) from None
+            except limits.ClientGone as exc:
+                raise InvalidRequest(str(exc)) from None
+            self._inflight.bytes += len(body)
+            held += len(body)
+            data = self._message(body, encoding)
+            try:
+                items = wire.count_items(self.signal, data)
+            except wire.WireError as exc:
+                raise InvalidRequest(
+                    f"the message is not a valid protobuf "
+                    f"{self.signal.request_type.__name__} ({exc})"
+                ) from None
+            await self._intake.accept(self.signal, data, items, tenant, "grpc")
+        finally:
+            self._inflight.bytes -= held
+
+    def _message(self, body: bytes, encoding: str) -> bytes:
+        if len(body) < _PREFIX:
+            raise InvalidRequest("the body is not a gRPC message (shorter than its 5-byte prefix)")
+        flag = body[0]
+        size = int.from_bytes(body[1:5], "big")
+        if size != len(body) - _PREFIX:
+            raise InvalidRequest(
+                "the body must be exactly one gRPC message: its prefix says "
+                f"{size} bytes, the body holds {len(body) - _PREFIX}"
+            )
+        data = body[_PREFIX:] if len(body) > _PREFIX else b""
+        if flag == 0:
+            if size > self._limits.max_request_bytes:
+                raise RequestTooLarge(
+                    limits.too_large_message("the request", self._limits.max_request_bytes)
+                )
+            return data
+        if flag != 1 or not encoding:
+            raise _ProtocolError("the message is flagged compressed but grpc-encoding is not set")
+        try:
+            return limits.decompress(encoding, data, self._limits.max_request_bytes)
+        except limits.TooLarge as exc:
+            raise RequestTooLarge(str(exc)) from None
+        except limits.BadEncoding as exc:
+            raise InvalidRequest(f"the message is not valid {encoding}: {exc}") from None
+        except limits.UnknownEncoding:  # pragma: no cover - filtered by _ENCODINGS
+            raise UnsupportedMediaType(f"unknown grpc-encoding {encoding!r}") from None
+
+
+def _status_details(error: GatewayError) -> bytes | None:
+    if error.retry_after is None:
+        return None
+    info = error_details_pb2.RetryInfo()
+    info.retry_delay.FromTimedelta(timedelta(seconds=error.retry_after))
+    status = status_pb2.Status(code=int(error.grpc_code), message=error.message)
+    status.details.add().Pack(info)
+    return base64.b64encode(status.SerializeToString()).rstrip(b"=")
+
+
+async def _respond(send: Send, message: bytes, error: GatewayError | None) -> None:
+    headers = [(b"content-type", b"application/grpc"), (b"grpc-accept-encoding", _ACCEPT)]
+    start: Message = {
+        "type": "http.response.start",
+        "status": 200,
+        "headers": headers,
+        "trailers": True,
+    }
+    if error is None:
+        trailers = [(b"grpc-status", b"0")]
+    else:
+        trailers = [
+            (b"grpc-status", str(int(error.grpc_code)).encode()),
+            (b"grpc-message", quote(error.message, safe=" ").encode()),
+        ]
+        details = _status_details(error)
+        if details is not None:
+            trailers.append((b"grpc-status-details-bin", details))
+            headers.append((b"retry-after", str(max(1, round(error.retry_after or 1))).encode()))
+    await send(start)
+    await send({"type": "http.response.body", "body": message, "more_body": False})
+    await send({"type": "http.response.trailers", "headers": trailers, "more_trailers": False})
