@@ -110,26 +110,17 @@ class GrpcExport:
     async def _read_and_accept(
         self, receive: Receive, length: bytes, known: bool, encoding: str, tenant: Tenant
     ) -> None:
-        cap = self._limits.max_body_bytes
         if self._inflight.full:
             if not known or int(length) <= limits.DISCARD_LIMIT:
                 await limits.discard_body(receive)
             raise Throttled(self._inflight.busy_message(), retry_after=1.0, reason="busy")
-        held = int(length) if known else 0
-        self._inflight.bytes += held
-        try:
-            if known and int(length) > cap:
-                if int(length) <= limits.DISCARD_LIMIT:
-                    await limits.discard_body(receive)
-                raise RequestTooLarge(limits.too_large_message("the request body", cap))
+        with self._inflight.hold(length) as held:
             try:
-                body = await limits.read_body(receive, cap)
+                body = await held.read(receive, length, self._limits.max_body_bytes)
             except limits.TooLarge as exc:
                 raise RequestTooLarge(str(exc)) from None
             except limits.ClientGone as exc:
                 raise InvalidRequest(str(exc)) from None
-            self._inflight.bytes += len(body)
-            held += len(body)
             data = self._message(body, encoding)
             try:
                 items = wire.count_items(self.signal, data)
@@ -139,8 +130,6 @@ class GrpcExport:
                     f"{self.signal.request_type.__name__} ({exc})"
                 ) from None
             await self._intake.accept(self.signal, data, items, tenant, "grpc")
-        finally:
-            self._inflight.bytes -= held
 
     def _message(self, body: bytes, encoding: str) -> bytes:
         if len(body) < _PREFIX:

@@ -95,29 +95,14 @@ class OTLPHTTPEndpoint:
         if self._inflight.full:
             raise Throttled(self._inflight.busy_message(), retry_after=1.0, reason="busy")
         length = headers.get("content-length", "")
-        held = int(length) if length.isdigit() else 0  # reserved before reading
-        self._inflight.bytes += held
-        try:
-            raw = await self._read(receive, length)
-            # The body counts on top of the reservation, standing in for its decompressed copy.
-            self._inflight.bytes += len(raw)
-            held += len(raw)
+        with self._inflight.hold(length) as held:
+            try:
+                raw = await held.read(receive, length, self._limits.max_body_bytes)
+            except limits.TooLarge as exc:
+                raise RequestTooLarge(str(exc)) from None
+            except limits.ClientGone as exc:
+                raise InvalidRequest(str(exc)) from None
             return await self._decode_and_accept(headers, media_type, raw, tenant)
-        finally:
-            self._inflight.bytes -= held
-
-    async def _read(self, receive: Receive, length: str) -> bytes:
-        cap = self._limits.max_body_bytes
-        try:
-            if length.isdigit() and int(length) > cap:
-                if int(length) <= limits.DISCARD_LIMIT:
-                    await limits.discard_body(receive)
-                raise limits.TooLarge(limits.too_large_message("the request body", cap))
-            return await limits.read_body(receive, cap)
-        except limits.TooLarge as exc:
-            raise RequestTooLarge(str(exc)) from None
-        except limits.ClientGone as exc:
-            raise InvalidRequest(str(exc)) from None
 
     async def _decode_and_accept(
         self, headers: dict[str, str], media_type: str, raw: bytes, tenant: Tenant

@@ -42,6 +42,39 @@ class InFlight:
             "retry after 1s"
         )
 
+    def hold(self, content_length: str | bytes) -> Held:
+        """Count one request in flight from now (its announced length is reserved before a byte
+        is read) until the returned context ends."""
+        return Held(self, int(content_length) if content_length.isdigit() else 0)
+
+
+class Held:
+    """One request's bytes counted in an InFlight budget; released when the context ends."""
+
+    def __init__(self, inflight: InFlight, reserved: int) -> None:
+        self._inflight = inflight
+        self.bytes = reserved
+        inflight.bytes += reserved
+
+    def __enter__(self) -> Held:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._inflight.bytes -= self.bytes
+        self.bytes = 0
+
+    async def read(self, receive: Receive, content_length: str | bytes, cap: int) -> bytes:
+        """The whole body, refused (TooLarge) as soon as it is known to pass `cap`. The body counts
+        on top of the reservation, standing in for its decompressed copy."""
+        if content_length.isdigit() and int(content_length) > cap:
+            if int(content_length) <= DISCARD_LIMIT:
+                await discard_body(receive)
+            raise TooLarge(too_large_message("the request body", cap))
+        raw = await read_body(receive, cap)
+        self.bytes += len(raw)
+        self._inflight.bytes += len(raw)
+        return raw
+
 
 # How much of an oversized body is still read (and thrown away) before the refusal is sent. Over
 # HTTP/2 a response sent while the client is still sending makes the server reset the stream, and
