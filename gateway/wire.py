@@ -9,6 +9,10 @@ items themselves are skipped by length.
 
 from __future__ import annotations
 
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError, Message
+from google.protobuf.unknown_fields import UnknownFieldSet
+
 from .signals import Signal
 
 _LEN = 2
@@ -64,6 +68,8 @@ def _walk(buf: bytes, pos: int, end: int, path: tuple[frozenset[int], ...], dept
     wanted = path[depth]
     last = depth == len(path) - 1
     count = 0
+    # The hot loop (one turn per span, log record, data point): one- and two-byte tags and
+    # lengths are decoded inline, longer ones by read_varint.
     while pos < end:
         b = buf[pos]
         if b < 0x80:  # one-byte tag, the common case
@@ -76,10 +82,18 @@ def _walk(buf: bytes, pos: int, end: int, path: tuple[frozenset[int], ...], dept
         if field == 0:
             raise WireError("field number 0")
         if wtype == _LEN:
-            b = buf[pos] if pos < end else 0x80
-            if b < 0x80 and pos < end:
-                size = b
-                pos += 1
+            if pos + 1 < end:
+                b = buf[pos]
+                if b < 0x80:
+                    size = b
+                    pos += 1
+                else:
+                    b2 = buf[pos + 1]
+                    if b2 < 0x80:
+                        size = (b & 0x7F) | (b2 << 7)
+                        pos += 2
+                    else:
+                        size, pos = read_varint(buf, pos, end)
             else:
                 size, pos = read_varint(buf, pos, end)
             stop = pos + size
@@ -97,6 +111,68 @@ def _walk(buf: bytes, pos: int, end: int, path: tuple[frozenset[int], ...], dept
     return count
 
 
+def walk_count(signal: Signal, data: bytes) -> int:
+    """count_items in Python: the reference the fast path is tested against."""
+    return _walk(data, 0, len(data), signal.item_path, 0)
+
+
+# The fast path: upb (protobuf's C parser) parses the request with a *shallow* schema built from
+# the signal's item path, in which the items are plain bytes fields; it checks the same structure
+# as _walk (tags, wire types, lengths on the walked levels) about ten times faster, and the items
+# are never parsed. A wanted field sent with another wire type would be kept by upb as an unknown
+# field; that is checked for explicitly.
+
+_shallow: dict[str, type[Message]] = {}
+
+
+def _shallow_type(signal: Signal) -> type[Message]:
+    cls = _shallow.get(signal.name)
+    if cls is not None:
+        return cls
+    package = f"otlp_gateway.shallow.{signal.name}"
+    fdp = descriptor_pb2.FileDescriptorProto(
+        name=f"otlp_gateway/shallow/{signal.name}.proto", package=package, syntax="proto3"
+    )
+    repeated = descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED
+    for depth, fields in enumerate(signal.item_path):
+        message = fdp.message_type.add(name=f"L{depth}")
+        for number in sorted(fields):
+            field = message.field.add(name=f"f{number}", number=number, label=repeated)
+            if depth == len(signal.item_path) - 1:
+                field.type = descriptor_pb2.FieldDescriptorProto.TYPE_BYTES
+            else:
+                field.type = descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE
+                field.type_name = f".{package}.L{depth + 1}"
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(fdp)
+    cls = message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{package}.L0"))
+    _shallow[signal.name] = cls
+    return cls
+
+
+def _count(message: Message, path: tuple[frozenset[int], ...], depth: int) -> int:
+    fields = message.DESCRIPTOR.fields
+    unknown = UnknownFieldSet(message)
+    if len(unknown):
+        wanted = path[depth]
+        for i in range(len(unknown)):
+            entry = unknown[i]
+            if entry.wire_type in (3, 4):  # groups: not in OTLP
+                raise WireError(f"unsupported wire type {entry.wire_type}")
+            if entry.field_number in wanted:
+                raise WireError(
+                    f"field {entry.field_number} has wire type {entry.wire_type}, "
+                    "expected a message"
+                )
+    if depth == len(path) - 1:
+        return sum(len(getattr(message, f.name)) for f in fields)
+    return sum(_count(child, path, depth + 1) for f in fields for child in getattr(message, f.name))
+
+
 def count_items(signal: Signal, data: bytes) -> int:
     """Validate `data` as an export request of `signal` and return how many items it holds."""
-    return _walk(data, 0, len(data), signal.item_path, 0)
+    try:
+        message = _shallow_type(signal).FromString(data)
+    except DecodeError:
+        raise WireError("corrupt wire format: truncated, or not protobuf") from None
+    return _count(message, signal.item_path, 0)

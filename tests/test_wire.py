@@ -493,3 +493,49 @@ def test_json_empty_bodies() -> None:
 def test_json_invalid(body: bytes) -> None:
     with pytest.raises(otlpjson.OTLPJSONError):
         otlpjson.json_to_proto(TRACES, body)
+
+
+def test_fast_count_agrees_with_the_reference_walk() -> None:
+    """count_items (upb on a shallow schema) and walk_count (the Python walk) agree on valid
+    requests and on 4 x 5,000 mutations of them: never does the fast path take what the walk
+    refuses, and where both take a body they count the same. upb is stricter only about field
+    numbers past protobuf's maximum (2^29 - 1), which no valid message has: rare in mutations."""
+    import random
+
+    from gateway.wire import walk_count
+
+    def outcome(f: Any, signal: Any, data: bytes) -> int | str:
+        try:
+            return int(f(signal, data))
+        except WireError:
+            return "refused"
+
+    rng = random.Random(7)
+    seeds = [
+        (TRACES, traces([[3, 4], [2]]).SerializeToString()),
+        (LOGS, logs([[2, 3]]).SerializeToString()),
+        (METRICS, metrics({"gauge": 3, "sum": 2, "histogram": 1}).SerializeToString()),
+        (PROFILES, profiles([[2, 1]]).SerializeToString()),
+    ]
+    stricter = 0
+    for signal, seed in seeds:
+        assert outcome(count_items, signal, seed) == outcome(walk_count, signal, seed) > 0
+        for _ in range(5000):
+            b = bytearray(seed)
+            for _ in range(rng.randint(1, 4)):
+                i = rng.randrange(len(b))
+                op = rng.random()
+                if op < 0.5:
+                    b[i] = rng.randrange(256)
+                elif op < 0.75:
+                    del b[i : i + rng.randint(1, 20)]
+                else:
+                    b[i:i] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 5)))
+                if not b:
+                    b = bytearray(seed)
+            fast = outcome(count_items, signal, bytes(b))
+            ref = outcome(walk_count, signal, bytes(b))
+            if fast != ref:
+                assert fast == "refused", (signal.name, bytes(b).hex(), ref)
+                stricter += 1
+    assert stricter < 0.01 * 20000
