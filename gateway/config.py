@@ -161,7 +161,7 @@ class GatewayConfig:
     tls: ServerTLS | None = None
     cors: Cors = Cors()
     retry: RetryConfig = RetryConfig()
-    server: str = "hypercorn"
+    server: str = "uvicorn"
     timeout_keep_alive: float = 75.0
     shutdown_timeout: float = 10.0
     # None: no tenants section, the gateway runs open (every request is DEFAULT_TENANT's)
@@ -701,7 +701,7 @@ def parse(
             max_interval=r.duration("max_interval", 30.0),
             max_elapsed=r.duration("max_elapsed", 300.0),
         ),
-        server=top.text("server", "hypercorn", ("hypercorn", "uvicorn")),
+        server=top.text("server", "uvicorn", ("uvicorn", "hypercorn")),
         timeout_keep_alive=top.duration("timeout_keep_alive", 75.0),
         shutdown_timeout=top.duration("shutdown_timeout", 10.0),
         tenants=tenants,

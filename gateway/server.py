@@ -7,7 +7,7 @@ import logging
 import signal
 import socket
 import ssl
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from .config import GatewayConfig
 
@@ -53,7 +53,7 @@ def serve(config: GatewayConfig, *, log_level: str = "info") -> None:
     if config.server == "hypercorn":
         _serve_hypercorn(app, config, sockets, admin, log_level)
     else:
-        _serve_uvicorn(app, config, sockets + ([admin] if admin else []), log_level)
+        _serve_uvicorn(app, config, sockets, admin, log_level)
 
 
 def _complete_bodyless_h2_requests() -> None:
@@ -78,41 +78,79 @@ def _complete_bodyless_h2_requests() -> None:
 
 
 def _serve_uvicorn(
-    app: GatewayApp, config: GatewayConfig, sockets: list[socket.socket], log_level: str
+    app: GatewayApp,
+    config: GatewayConfig,
+    sockets: list[socket.socket],
+    admin: socket.socket | None,
+    log_level: str,
 ) -> None:
     import uvicorn
 
     from .uvicorn_h2 import GracefulAutoProtocol
 
     _complete_bodyless_h2_requests()
+    servers: list[uvicorn.Server] = []
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
+            # One signal stops every server of the process (the admin one too), and is not
+            # raised again after the graceful shutdown (uvicorn's default): the exit code is 0.
             app.stopping()
-            super().handle_exit(sig, frame)
+            for server in servers:
+                if server.should_exit and sig == signal.SIGINT:
+                    server.force_exit = True
+                server.should_exit = True
 
-    kwargs: dict[str, object] = {}
-    if config.tls is not None:
-        kwargs["ssl_certfile"] = config.tls.cert
-        kwargs["ssl_keyfile"] = config.tls.key or config.tls.cert
-    server = Server(
-        uvicorn.Config(
-            app,
-            # zttp's h1 and h2 (h2c prior knowledge, ALPN h2 over TLS), with a graceful GOAWAY
-            # before zttp's per-connection stream cap (gateway/uvicorn_h2.py)
-            http=GracefulAutoProtocol,
-            http2=False,
-            lifespan="on",
-            timeout_keep_alive=int(config.timeout_keep_alive),
-            timeout_graceful_shutdown=int(config.shutdown_timeout) + 5,
-            log_level=log_level,
-            access_log=False,
-            log_config=None,  # keep the gateway's log format (text or JSON)
-            server_header=False,
-            **kwargs,  # type: ignore[arg-type]
+    def make(tls: bool, lifespan: Literal["on", "off"]) -> Server:
+        kwargs: dict[str, object] = {}
+        if tls and config.tls is not None:
+            kwargs["ssl_certfile"] = config.tls.cert
+            kwargs["ssl_keyfile"] = config.tls.key or config.tls.cert
+        return Server(
+            uvicorn.Config(
+                app,
+                # zttp's h1 and h2 (h2c prior knowledge, ALPN h2 over TLS), with a graceful
+                # GOAWAY before zttp's per-connection stream cap (gateway/uvicorn_h2.py)
+                http=GracefulAutoProtocol,
+                http2=False,
+                lifespan=lifespan,
+                timeout_keep_alive=int(config.timeout_keep_alive),
+                timeout_graceful_shutdown=int(config.shutdown_timeout) + 5,
+                log_level=log_level,
+                access_log=False,
+                log_config=None,  # keep the gateway's log format (text or JSON)
+                server_header=False,
+                **kwargs,  # type: ignore[arg-type]
+            )
         )
-    )
-    server.run(sockets=sockets)
+
+    runs: list[tuple[uvicorn.Server, list[socket.socket]]] = []
+    main_sockets = list(sockets)
+    if admin is not None and config.tls is None:
+        main_sockets.append(admin)
+    servers.append(make(tls=True, lifespan="on"))
+    runs.append((servers[0], main_sockets))
+    if admin is not None and config.tls is not None:
+        # The admin listener stays plaintext: uvicorn has one TLS setting per server.
+        servers.append(make(tls=False, lifespan="off"))
+        runs.append((servers[1], [admin]))
+
+    async def serve_all() -> None:
+        await asyncio.gather(*(server.serve(sockets=socks) for server, socks in runs))
+
+    asyncio.run(serve_all())
+
+
+def _cheap_data_frame_repr() -> None:
+    """h2 4.4 formats `repr(frame)` for a trace log call on every frame it receives, logged or
+    not, and a DATA frame's repr hex-encodes its whole payload: 7% of hypercorn's CPU on gRPC.
+    Describe DATA frames by their size instead."""
+    from hyperframe.frame import DataFrame
+
+    def body_repr(self: DataFrame) -> str:
+        return f"<{len(self.data)} bytes>"
+
+    DataFrame._body_repr = body_repr  # type: ignore[method-assign,assignment]
 
 
 def _serve_hypercorn(
@@ -123,6 +161,8 @@ def _serve_hypercorn(
     log_level: str,
 ) -> None:
     from hypercorn.config import Config
+
+    _cheap_data_frame_repr()
 
     hc = Config()
     # Hand hypercorn the sockets we bound, as `fd://N` binds (its documented way to serve

@@ -433,7 +433,7 @@ BAD_CONFIGS = {
         """,
         "gunicorn",
         "server",
-        "must be one of hypercorn, uvicorn",
+        "must be one of uvicorn, hypercorn",
     ),
     "duplicate-key": (
         """

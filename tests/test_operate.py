@@ -352,7 +352,7 @@ def test_metrics_count_a_known_run_exactly(tmp_path: Path) -> None:
     assert value(m, "otlp_gateway_queue_batches", backend="central", tenant="") == 0
     assert value(m, "otlp_gateway_queue_max_bytes", backend="central", tenant="") > 0
     build = [k for k in m if k[0] == "otlp_gateway_build_info"]
-    assert len(build) == 1 and dict(build[0][1])["server"] == "hypercorn"
+    assert len(build) == 1 and dict(build[0][1])["server"] == "uvicorn"
     assert value(m, "process_resident_memory_bytes") > 0
 
 
