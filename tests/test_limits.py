@@ -282,9 +282,10 @@ def test_refused_rpc_request_leaves_nothing_behind(
     content_type: str, encoding: str | None, make_body: Callable[[], bytes], grpc_status: str | None
 ) -> None:
     """The RPC ingress (gRPC served directly, the others by the real connect-python app, driven
-    in-process) keeps nothing of a refused request once it has answered, even with the cycle collector off: connect-python keeps the
-    caught error in a frame its traceback points back to, and that cycle used to pin the
-    request's buffers (~30 MiB for a 15 MiB message) until the next full collection."""
+    in-process) keeps nothing of a refused request once it has answered, even with the cycle
+    collector off: connect-python keeps the caught error in a frame its traceback points back
+    to, and that cycle used to pin the request's buffers (~30 MiB for a 15 MiB message) until
+    the next full collection."""
     from gateway.config import GatewayConfig
     from gateway.intake import Intake
     from gateway.pipeline import Pipeline
