@@ -69,8 +69,7 @@ class GrpcExport:
         self._intake = intake
         self._limits = limits_
         self._inflight = inflight
-        empty = signal.response_type().SerializeToString()
-        self._ok = b"\x00" + len(empty).to_bytes(4, "big") + empty
+        self._ok = frame(signal.response_type().SerializeToString())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = dict(scope["headers"])
@@ -84,7 +83,6 @@ class GrpcExport:
 
     async def _handle(self, scope: Scope, headers: dict[bytes, bytes], receive: Receive) -> None:
         length = headers.get(b"content-length", b"")
-        known = length.isdigit()
         try:
             if not scope["path"].endswith("/Export"):
                 raise _Unimplemented(f"{scope['path']} is not a method of {self.signal.service}")
@@ -96,24 +94,23 @@ class GrpcExport:
                 )
             str_headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers.items()}
             tenant = self._intake.admit(self.signal, str_headers)
+            if self._inflight.full:
+                busy = Throttled(self._inflight.busy_message(), retry_after=1.0, reason="busy")
+                busy.tenant = tenant.name
+                raise busy
         except GatewayError:
-            if not known or int(length) <= limits.DISCARD_LIMIT:
-                await limits.discard_body(receive)
+            # Read the body away first: answering while the client still sends resets the
+            # stream, and gRPC clients then see INTERNAL instead of our status.
+            await limits.discard_unless_huge(receive, length)
             raise
         try:
-            await self._read_and_accept(receive, length, known, encoding, tenant)
+            await self._accept(receive, length, encoding, tenant)
         except GatewayError as error:
             if error.tenant is None:
                 error.tenant = tenant.name
             raise
 
-    async def _read_and_accept(
-        self, receive: Receive, length: bytes, known: bool, encoding: str, tenant: Tenant
-    ) -> None:
-        if self._inflight.full:
-            if not known or int(length) <= limits.DISCARD_LIMIT:
-                await limits.discard_body(receive)
-            raise Throttled(self._inflight.busy_message(), retry_after=1.0, reason="busy")
+    async def _accept(self, receive: Receive, length: bytes, encoding: str, tenant: Tenant) -> None:
         with self._inflight.hold(length) as held:
             try:
                 body = await held.read(receive, length, self._limits.max_body_bytes)
@@ -132,18 +129,12 @@ class GrpcExport:
             await self._intake.accept(self.signal, data, items, tenant, "grpc")
 
     def _message(self, body: bytes, encoding: str) -> bytes:
-        if len(body) < _PREFIX:
-            raise InvalidRequest("the body is not a gRPC message (shorter than its 5-byte prefix)")
-        flag = body[0]
-        size = int.from_bytes(body[1:5], "big")
-        if size != len(body) - _PREFIX:
-            raise InvalidRequest(
-                "the body must be exactly one gRPC message: its prefix says "
-                f"{size} bytes, the body holds {len(body) - _PREFIX}"
-            )
-        data = body[_PREFIX:] if len(body) > _PREFIX else b""
+        try:
+            flag, data = unframe(body)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from None
         if flag == 0:
-            if size > self._limits.max_request_bytes:
+            if len(data) > self._limits.max_request_bytes:
                 raise RequestTooLarge(
                     limits.too_large_message("the request", self._limits.max_request_bytes)
                 )
@@ -160,35 +151,86 @@ class GrpcExport:
             raise UnsupportedMediaType(f"unknown grpc-encoding {encoding!r}") from None
 
 
-def _status_details(error: GatewayError) -> bytes | None:
+def frame(message: bytes) -> bytes:
+    """One uncompressed gRPC length-prefixed message."""
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+def unframe(body: bytes) -> tuple[int, bytes]:
+    """(compressed flag, message) of a body holding exactly one gRPC message; ValueError when it
+    does not."""
+    if len(body) < _PREFIX:
+        raise ValueError("the body is not a gRPC message (shorter than its 5-byte prefix)")
+    size = int.from_bytes(body[1:5], "big")
+    if size != len(body) - _PREFIX:
+        raise ValueError(
+            "the body must be exactly one gRPC message: its prefix says "
+            f"{size} bytes, the body holds {len(body) - _PREFIX}"
+        )
+    return body[0], body[_PREFIX:] if size else b""
+
+
+def retry_info(error: GatewayError) -> error_details_pb2.RetryInfo | None:
+    """OTLP's retry delay for a retryable refusal (RESOURCE_EXHAUSTED, UNAVAILABLE)."""
     if error.retry_after is None:
         return None
     info = error_details_pb2.RetryInfo()
     info.retry_delay.FromTimedelta(timedelta(seconds=error.retry_after))
+    return info
+
+
+def _status_details(error: GatewayError) -> bytes | None:
+    info = retry_info(error)
+    if info is None:
+        return None
     status = status_pb2.Status(code=int(error.grpc_code), message=error.message)
     status.details.add().Pack(info)
     return base64.b64encode(status.SerializeToString()).rstrip(b"=")
 
 
 async def _respond(send: Send, message: bytes, error: GatewayError | None) -> None:
-    headers = [(b"content-type", b"application/grpc"), (b"grpc-accept-encoding", _ACCEPT)]
+    if error is None:
+        await send_grpc(send, message)
+        return
+    trailers = []
+    headers = []
+    details = _status_details(error)
+    if details is not None:
+        trailers.append((b"grpc-status-details-bin", details))
+        headers.append((b"retry-after", str(max(1, round(error.retry_after or 1))).encode()))
+    await send_grpc(send, message, int(error.grpc_code), error.message, headers, trailers)
+
+
+async def send_grpc(
+    send: Send,
+    message: bytes = b"",
+    code: int = 0,
+    text: str = "",
+    headers: list[tuple[bytes, bytes]] | None = None,
+    trailers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    """A gRPC response: headers, the (framed) message, and the status in trailers (sent as
+    trailers even without a message: an ASGI server ends a body-less response with an empty DATA
+    frame, which gRPC clients refuse after trailers-only headers)."""
     start: Message = {
         "type": "http.response.start",
         "status": 200,
-        "headers": headers,
+        "headers": [
+            (b"content-type", b"application/grpc"),
+            (b"grpc-accept-encoding", _ACCEPT),
+            *(headers or ()),
+        ],
         "trailers": True,
     }
-    if error is None:
-        trailers = [(b"grpc-status", b"0")]
-    else:
-        trailers = [
-            (b"grpc-status", str(int(error.grpc_code)).encode()),
-            (b"grpc-message", quote(error.message, safe=" ").encode()),
-        ]
-        details = _status_details(error)
-        if details is not None:
-            trailers.append((b"grpc-status-details-bin", details))
-            headers.append((b"retry-after", str(max(1, round(error.retry_after or 1))).encode()))
+    status = [(b"grpc-status", str(code).encode())]
+    if code:
+        status.append((b"grpc-message", quote(text, safe=" ").encode()))
     await send(start)
     await send({"type": "http.response.body", "body": message, "more_body": False})
-    await send({"type": "http.response.trailers", "headers": trailers, "more_trailers": False})
+    await send(
+        {
+            "type": "http.response.trailers",
+            "headers": status + (trailers or []),
+            "more_trailers": False,
+        }
+    )

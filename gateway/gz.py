@@ -17,7 +17,7 @@ decompressobj = isal_zlib.decompressobj
 MAX_WBITS = zlib.MAX_WBITS
 
 
-def gzip_compress(data: bytes, level: int = 1) -> bytes:
+def gzip_compress(data: bytes | bytearray | memoryview, level: int = 1) -> bytes:
     """One gzip member. Levels 1-3 (ISA-L 1-3) compress about as well as zlib's 1-4; 4-9 use
     zlib."""
     c: Any

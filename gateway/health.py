@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Awaitable, Callable
-from urllib.parse import quote
 
 from starlette.types import Receive, Scope, Send
 
 from . import limits, wire
+from .grpc_ingress import frame, send_grpc, unframe
 from .signals import SIGNALS
 
 GRPC_SERVICE = "grpc.health.v1.Health"
@@ -90,82 +90,47 @@ class GrpcHealth:
         try:
             body = await limits.read_body(receive, 64 * 1024)
         except (limits.TooLarge, limits.ClientGone):
-            await _trailers_only(send, 3, "the request is too large or incomplete")
+            await send_grpc(send, code=3, text="the request is too large or incomplete")
             return
         method = scope["path"].rsplit("/", 1)[-1]
         if method != "Check":
-            await _trailers_only(send, 12, f"{GRPC_SERVICE}/{method} is not offered; use Check")
+            await send_grpc(
+                send, code=12, text=f"{GRPC_SERVICE}/{method} is not offered; use Check"
+            )
             return
         service = _service_name(body)
         if service is None:
-            await _trailers_only(send, 3, "the body is not a HealthCheckRequest")
+            await send_grpc(send, code=3, text="the body is not a HealthCheckRequest")
             return
         if service not in KNOWN_SERVICES:
-            await _trailers_only(send, 5, f"unknown service {service!r}")
+            await send_grpc(send, code=5, text=f"unknown service {service!r}")
             return
         status = NOT_SERVING if await self._readiness.problems() else SERVING
-        message = bytes([0x08, status])  # field 1 (status), varint
-        frame = b"\x00" + len(message).to_bytes(4, "big") + message
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [(b"content-type", b"application/grpc")],
-                "trailers": True,
-            }
-        )
-        await send({"type": "http.response.body", "body": frame, "more_body": False})
-        await send(
-            {
-                "type": "http.response.trailers",
-                "headers": [(b"grpc-status", b"0")],
-                "more_trailers": False,
-            }
-        )
+        await send_grpc(send, frame(bytes([0x08, status])))  # field 1 (status), varint
 
 
 def _service_name(body: bytes) -> str | None:
     """HealthCheckRequest.service from one uncompressed gRPC frame; None when malformed."""
-    if len(body) < 5 or body[0] != 0 or int.from_bytes(body[1:5], "big") != len(body) - 5:
+    try:
+        flag, message = unframe(body)
+    except ValueError:
         return None
-    pos, end, service = 5, len(body), ""
+    if flag != 0:
+        return None
+    pos, end, service = 0, len(message), ""
     try:
         while pos < end:
-            key, pos = wire.read_varint(body, pos, end)
+            key, pos = wire.read_varint(message, pos, end)
             field, wtype = key >> 3, key & 7
             if wtype == 2:
-                size, pos = wire.read_varint(body, pos, end)
+                size, pos = wire.read_varint(message, pos, end)
                 if pos + size > end:
                     return None
                 if field == 1:
-                    service = body[pos : pos + size].decode("utf-8")
+                    service = message[pos : pos + size].decode("utf-8")
                 pos += size
             else:
-                pos = wire.skip_scalar(body, pos, end, wtype)
+                pos = wire.skip_scalar(message, pos, end, wtype)
     except (wire.WireError, UnicodeDecodeError):
         return None
     return service
-
-
-async def _trailers_only(send: Send, code: int, message: str) -> None:
-    """An error answer: no message, the status in trailers (sent as trailers, since an ASGI
-    server ends a body-less response with an empty DATA frame, which gRPC clients refuse)."""
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 200,
-            "headers": [(b"content-type", b"application/grpc")],
-            "trailers": True,
-        }
-    )
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
-    await send(
-        {
-            "type": "http.response.trailers",
-            "headers": [
-                (b"grpc-status", str(code).encode()),
-                (b"grpc-message", quote(message, safe=" ").encode()),
-            ],
-            "more_trailers": False,
-        }
-    )

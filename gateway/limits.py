@@ -67,8 +67,7 @@ class Held:
         """The whole body, refused (TooLarge) as soon as it is known to pass `cap`. The body counts
         on top of the reservation, standing in for its decompressed copy."""
         if content_length.isdigit() and int(content_length) > cap:
-            if int(content_length) <= DISCARD_LIMIT:
-                await discard_body(receive)
+            await discard_unless_huge(receive, content_length)
             raise TooLarge(too_large_message("the request body", cap))
         raw = await read_body(receive, cap)
         self.bytes += len(raw)
@@ -201,6 +200,17 @@ async def read_body(receive: Receive, cap: int) -> bytes:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
+
+
+def worth_draining(content_length: str | bytes) -> bool:
+    """Whether a refused body should be read away first: yes, unless it announces more than
+    DISCARD_LIMIT bytes."""
+    return not content_length.isdigit() or int(content_length) <= DISCARD_LIMIT
+
+
+async def discard_unless_huge(receive: Receive, content_length: str | bytes) -> None:
+    if worth_draining(content_length):
+        await discard_body(receive)
 
 
 async def discard_body(receive: Receive, last: Message | None = None) -> None:

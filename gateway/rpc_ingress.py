@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import replace
-from datetime import timedelta
 from typing import Any
 
 from connectrpc.code import Code
@@ -24,7 +23,6 @@ from connectrpc.errors import ConnectError
 from connectrpc.request import RequestContext
 from google.protobuf import json_format
 from google.protobuf.message import Message
-from google.rpc import error_details_pb2
 from starlette.types import Message as ASGIMessage
 from starlette.types import Receive, Scope, Send
 
@@ -42,7 +40,7 @@ from ._gen.opentelemetry.proto.collector.trace.v1.trace_service_connect import (
     TraceServiceASGIApplication,
 )
 from .errors import GatewayError, GrpcCode, InvalidRequest, RequestTooLarge, Throttled
-from .grpc_ingress import GrpcExport, is_grpc_proto
+from .grpc_ingress import GrpcExport, is_grpc_proto, retry_info
 from .intake import Intake
 from .signals import LOGS, METRICS, PROFILES, TRACES, Signal
 from .tenants import Tenant
@@ -132,11 +130,8 @@ def _raw_request_type(signal: Signal) -> type[RawRequest]:
 
 
 def to_connect_error(error: GatewayError) -> ConnectError:
-    details: list[Message] = []
-    if error.retry_after is not None:
-        info = error_details_pb2.RetryInfo()
-        info.retry_delay.FromTimedelta(timedelta(seconds=error.retry_after))
-        details.append(info)
+    info = retry_info(error)
+    details: list[Message] = [] if info is None else [info]
     return ConnectError(_CODES.get(error.grpc_code, Code.INTERNAL), error.message, details)
 
 
@@ -172,7 +167,7 @@ class BoundedGzip(Compression):
         return "gzip"
 
     def compress(self, data: bytes | bytearray | memoryview) -> bytes:
-        return gz.gzip_compress(bytes(data), 1)
+        return gz.gzip_compress(data, 1)
 
     def decompress(self, data: bytes | bytearray | memoryview) -> bytes:
         try:
@@ -259,7 +254,7 @@ class RPCService:
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         length = headers.get("content-length", "")
-        drain = not length.isdigit() or int(length) <= limits.DISCARD_LIMIT
+        drain = limits.worth_draining(length)
         cap = self._limits.max_body_bytes
         capped: _CappedReceive | None = None
         call = _Call(_transport(headers.get("content-type", "")))

@@ -70,11 +70,9 @@ def _http(span: Span) -> tuple[str, str, int]:
     return method, route, status
 
 
-def access_rows(payload: bytes, service_filter: str = "") -> list[AccessRow]:
+def access_rows(payload: bytes) -> list[AccessRow]:
     rows = []
     for service, spans in by_service(decode(payload)):
-        if service_filter and service != service_filter:
-            continue
         for span in spans:
             method, route, http_status = _http(span)
             code = span.status.code

@@ -15,19 +15,34 @@ PENDING = 16  # payloads held per watcher; more are skipped and counted
 HEARTBEAT = 15.0  # seconds without rows after which an empty message is sent
 
 
+class _Published:
+    """One payload handed to a tenant's watchers; decoded once, by the first that reads it."""
+
+    __slots__ = ("_rows", "payload")
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+        self._rows: list[spans.AccessRow] | None = None
+
+    def rows(self, service: str) -> list[spans.AccessRow]:
+        if self._rows is None:
+            self._rows = spans.access_rows(self.payload)
+        return [r for r in self._rows if r.service == service] if service else self._rows
+
+
 class Watcher:
     def __init__(self, service: str) -> None:
         self.service = service
-        self._pending: collections.deque[bytes] = collections.deque()
+        self._pending: collections.deque[_Published] = collections.deque()
         self._ready = asyncio.Event()
         self.closed = False
         self.skipped = 0  # spans left out since the last rows handed out
 
-    def offer(self, payload: bytes, items: int) -> None:
+    def offer(self, published: _Published, items: int) -> None:
         if len(self._pending) >= PENDING:
             self.skipped += items
             return
-        self._pending.append(payload)
+        self._pending.append(published)
         self._ready.set()
 
     def close(self) -> None:
@@ -47,7 +62,7 @@ class Watcher:
                 continue
             self._ready.clear()
             while self._pending and not self.closed:
-                rows = spans.access_rows(self._pending.popleft(), self.service)
+                rows = self._pending.popleft().rows(self.service)
                 skipped, self.skipped = self.skipped, 0
                 if rows or skipped:
                     yield rows, skipped
@@ -62,8 +77,9 @@ class TailHub:
         return tenant in self._watchers
 
     def publish(self, tenant: str, payload: bytes, items: int) -> None:
+        published = _Published(payload)
         for watcher in self._watchers.get(tenant, ()):
-            watcher.offer(payload, items)
+            watcher.offer(published, items)
 
     def close(self) -> None:
         """End every tail (the gateway is stopping: open streams must not hold it up)."""

@@ -63,7 +63,7 @@ class _Gzip(Compression):
         return "gzip"
 
     def compress(self, data: bytes | bytearray | memoryview) -> bytes:
-        return gz.gzip_compress(bytes(data), self._level)
+        return gz.gzip_compress(data, self._level)  # no copy: ISA-L reads the buffer
 
     def decompress(self, data: bytes | bytearray | memoryview) -> bytes:
         d = gz.decompressobj(16 + gz.MAX_WBITS)
