@@ -20,10 +20,12 @@ every acknowledged span (and nothing more arrives), and take the contender's CPU
 (utime+stime from /proc/PID/stat) over that window. spans/CPU-s = spans that reached the sink
 (the fewest over the backends, for fan-out) / contender CPU seconds. Latency p50/p99 at full
 load come from the load generator. For `single`, a second run at half the measured maximum rate
-gives the latency the targets speak of, from paced clients: for gRPC h2load `--rps`, for OTLP/HTTP
-an open-loop asyncio client in this process (latency counted from when each request was due), as
-wrk cannot pace (wrk2 is not packaged by Debian) and h2load's HTTP/1.1 parser refuses hypercorn's
-status line; a closed-loop run at full speed measures queueing, not service time. Peak RSS = VmHWM
+gives the latency the targets speak of, from open-loop clients in this process that send on an
+even schedule and count latency from when each request was due: asyncio over HTTP/1.1 for
+OTLP/HTTP, grpcio aio over 4 connections for gRPC. wrk cannot pace (wrk2 is not packaged by
+Debian), h2load's HTTP/1.1 parser refuses hypercorn's status line, and h2load --rps starts all its
+clients' timers together, so they send in bursts; a closed-loop run at full speed measures
+queueing, not service time. Peak RSS = VmHWM
 at the end of the cell.
 
 The request: one ExportTraceServiceRequest, 512 spans with 10 attributes each, 244,943 bytes,
@@ -711,6 +713,80 @@ def run_paced_http(
     )
 
 
+def run_paced_grpc(
+    port: int,
+    body: bytes,
+    *,
+    rate: float,
+    requests: int,
+    channels: int = 4,
+    skip_first_s: float = 0.0,
+) -> Load:
+    """The same open-loop schedule over OTLP/gRPC (grpcio aio, `channels` HTTP/2 connections
+    taking requests in turn, like that many SDK exporters): request i is due at start + i / rate,
+    latency = end of the call - the time it was due. h2load --rps starts every client's timer at
+    once, so its clients send in bursts of one request each, and the queueing inside each burst
+    is the p99 it reports (for rotel too)."""
+    import asyncio
+
+    import grpc
+
+    latencies: list[tuple[float, bool, float]] = []  # (due, ok, latency s)
+
+    async def main() -> float:
+        opened = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for _ in range(channels)]
+        calls = [
+            ch.unary_unary(GRPC_PATH, request_serializer=None, response_deserializer=None)
+            for ch in opened
+        ]
+        metadata = (("authorization", f"Bearer {API_KEY}"),)
+        for call in calls:  # connect before the clock starts
+            await call(body, metadata=metadata, timeout=30)
+
+        async def one(i: int, due: float) -> None:
+            ok = True
+            try:
+                await calls[i % channels](body, metadata=metadata, timeout=30)
+            except grpc.aio.AioRpcError:
+                ok = False
+            latencies.append((due, ok, time.perf_counter() - due))
+
+        start = time.perf_counter() + 0.05
+        tasks = []
+        for i in range(requests):
+            due = start + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i, due)))
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout=120)
+        wall = time.perf_counter() - start
+        for ch in opened:
+            await ch.close()
+        return wall
+
+    cpu0 = time.process_time()
+    wall = asyncio.run(main())
+    cpu = time.process_time() - cpu0
+    ok = sum(1 for _, good, _ in latencies if good)
+    t_first = min((due for due, _, _ in latencies), default=0.0)
+    lat = sorted(
+        round(lat_s * 1e6)
+        for due, good, lat_s in latencies
+        if good and due >= t_first + skip_first_s
+    )
+    return Load(
+        sent=requests,
+        ok=ok,
+        failed=requests - ok,
+        wall_s=wall,
+        p50_ms=percentile(lat, 50) / 1000 if lat else None,
+        p99_ms=percentile(lat, 99) / 1000 if lat else None,
+        cpu_s=cpu,
+        raw={"latency_samples": len(lat)},
+    )
+
+
 def percentile(sorted_values: list[int], pct: float) -> float:
     if not sorted_values:
         return float("nan")
@@ -895,14 +971,12 @@ def half_load_latency(
     s: Settings,
     max_rps: float,
 ) -> dict[str, Any]:
-    """Latency at half the measured maximum rate, paced: OTLP/HTTP with the open-loop client
-    (run_paced_http), gRPC with h2load --rps (each client sends on a timer, up to 4 streams in
-    flight). The first second is not counted."""
+    """Latency at half the measured maximum rate, open loop and evenly paced: OTLP/HTTP with
+    run_paced_http, gRPC with run_paced_grpc. The first second is not counted."""
     target = max_rps / 2
     duration = 1.0 if s.smoke else s.latency_duration
     before = sink.stats()
     if transport == "http":
-        clients = None
         load = run_paced_http(
             c.http_port,
             files["http"].read_bytes(),
@@ -911,24 +985,18 @@ def half_load_latency(
             skip_first_s=1.0,
         )
     else:
-        clients = max(2, int(target // 40) + 1)  # at most ~40 requests/s per client
-        load = run_h2load(
-            procs,
+        load = run_paced_grpc(
             c.grpc_port,
-            "grpc",
-            files["grpc"],
-            workdir / "h2load-half.log",
-            clients=clients,
-            streams=4,
-            duration=duration + 1,
-            rps=target / clients,
+            files["http"].read_bytes(),  # the same request, framed by grpcio
+            rate=target,
+            requests=max(2, round(target * (duration + 1))),
             skip_first_s=1.0,
         )
     wait_drained(sink, before, c.ports, load.ok * SPANS_PER_REQUEST)
     return {
         "target_rps": round(target, 1),
         "achieved_rps": round(load.ok / load.wall_s, 1) if load.wall_s else None,
-        "client": "paced asyncio client" if transport == "http" else f"h2load -c {clients} --rps",
+        "client": "paced asyncio client" if transport == "http" else "paced grpcio aio, 4 channels",
         "p50_ms": load.p50_ms,
         "p99_ms": load.p99_ms,
         "failed_requests": load.failed,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -117,6 +118,11 @@ def create_app(config: GatewayConfig, server: str | None = None) -> GatewayApp:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await pipeline.start()
+        # What loading made (modules, protobuf descriptors, config) lives as long as the process.
+        # Frozen, it is left out of full collections, which otherwise stop the event loop for
+        # 20-35 ms each under load (the p99 at half load).
+        gc.collect()
+        gc.freeze()
         metrics.CONFIG_LOADED.set(time.time())
         log.info("forwarding to %s", ", ".join(config.service_backends) or "no service backends")
         if config.tenants is None:

@@ -24,6 +24,7 @@ SIGNAL_NAMES = ("traces", "metrics", "logs", "profiles")
 KEY_PREFIX = "sha256:"
 _TENANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 COMPRESSIONS = ("none", "gzip")
+HTTP_CLIENTS = ("pyqwest", "httpx")
 DEFAULT_LISTEN = ("0.0.0.0:4317", "0.0.0.0:4318")
 # open mode (no tenants configured): everything is the default tenant's
 DEFAULT_TENANT = "default"
@@ -60,6 +61,9 @@ class BackendConfig:
     compression_level: int = 1
     timeout: float = 10.0
     tls: ClientTLS = ClientTLS()
+    # http/* only: the HTTP client library. pyqwest (Rust, reqwest) costs a third of httpx's CPU
+    # per export; httpx is the one that can skip certificate verification (tls.insecure).
+    client: str = "pyqwest"
     concurrency: int = 4
     queue: QueueConfig = QueueConfig()
     batch_max_bytes: int = 4 * 1024 * 1024  # queued requests merge up to this; bigger ones split
@@ -415,6 +419,7 @@ def _backend(parent: _Section, name: str, queue_base: QueueConfig) -> BackendCon
         "compression_level",
         "timeout",
         "tls",
+        "client",
         "concurrency",
         "queue",
         "batch_max_bytes",
@@ -447,6 +452,13 @@ def _backend(parent: _Section, name: str, queue_base: QueueConfig) -> BackendCon
             raise b.error("endpoint", "a grpc endpoint is scheme://host:port, without a path")
     if tls.ca_file and not Path(tls.ca_file).is_file():
         raise tls_section.error("ca_file", f"file {tls.ca_file!r} does not exist")
+    client = b.text("client", "httpx" if tls.insecure else "pyqwest", HTTP_CLIENTS)
+    if "client" in b.data and not protocol.startswith("http/"):
+        raise b.error("client", "chooses the HTTP client of http/* backends only")
+    if client == "pyqwest" and tls.insecure:
+        raise b.error(
+            "client", "pyqwest always verifies certificates; use client: httpx with tls.insecure"
+        )
     return BackendConfig(
         name=name,
         protocol=protocol,
@@ -456,6 +468,7 @@ def _backend(parent: _Section, name: str, queue_base: QueueConfig) -> BackendCon
         compression_level=b.integer("compression_level", 1, minimum=1),
         timeout=b.duration("timeout", 10.0),
         tls=tls,
+        client=client,
         concurrency=b.integer("concurrency", 4, minimum=1),
         queue=queue,
         batch_max_bytes=b.size("batch_max_bytes", 4 * 1024 * 1024),

@@ -19,6 +19,7 @@ import logging
 import random
 import re
 import time
+from collections import deque
 from collections.abc import Coroutine, Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -63,12 +64,54 @@ def _piece(batch: Batch, payload: bytes) -> Batch:
     return Batch(batch.signal, payload, wire.count_items(batch.signal, payload), batch.tenant)
 
 
+class MergeMemo:
+    """The destinations of a fan-out take the same batch objects from their memory queues and, when
+    they fall behind together, often merge the same run of them. The merged batch is then made
+    once and shared, and with it the encodings its exporters make (Batch.encoded). Matched by
+    identity, never by content: equal requests from two clients are two batches. Off unless
+    more than one destination has a memory queue; holds the last few merges only."""
+
+    SIZE = 4
+
+    def __init__(self) -> None:
+        self.active = False
+        self._recent: deque[tuple[tuple[Batch, ...], Batch]] = deque(maxlen=self.SIZE)
+
+    def merge(self, parts: list[Batch]) -> Batch:
+        for held, merged in self._recent:
+            if len(held) == len(parts) and all(a is b for a, b in zip(held, parts, strict=True)):
+                return merged
+        first = parts[0]
+        merged = Batch(
+            first.signal,
+            b"".join(p.payload for p in parts),
+            sum(p.items for p in parts),
+            first.tenant,
+        )
+        if self.active:
+            self._recent.append((tuple(parts), merged))
+        return merged
+
+    def update(self, destinations: Iterable[Destination]) -> None:
+        self.active = sum(isinstance(d.queue, MemoryQueue) for d in destinations) > 1
+        if not self.active:
+            self._recent.clear()
+
+
 class Destination:
     """The workers that deliver one queue's batches with one backend config. On a reload that
     changes the backend, a new Destination takes over the same queue."""
 
-    def __init__(self, name: str, config: BackendConfig, retry: RetryConfig, queue: Queue) -> None:
+    def __init__(
+        self,
+        name: str,
+        config: BackendConfig,
+        retry: RetryConfig,
+        queue: Queue,
+        merges: MergeMemo | None = None,
+    ) -> None:
         self.name = name
+        self._merges = merges or MergeMemo()
         self.config = config
         self.retry = retry
         self.queue = queue
@@ -147,12 +190,7 @@ class Destination:
             else:
                 await self._deliver_splitting(first)
             return
-        merged = Batch(
-            first.signal,
-            b"".join(p.payload for p in parts),
-            sum(p.items for p in parts),
-            first.tenant,
-        )
+        merged = self._merges.merge(parts)
         if await self._deliver(merged, last=False):
             for part in parts:  # refused as too large: send the requests it was made of
                 await self._deliver_splitting(part)
@@ -344,6 +382,7 @@ class Pipeline:
         self._opening: dict[Key, asyncio.Future[Destination]] = {}
         self._accepting = False
         self._retiring: set[asyncio.Task[None]] = set()
+        self._merges = MergeMemo()
 
     def _own(self, backends: Mapping[str, BackendConfig]) -> dict[str, BackendConfig]:
         """The backends as this process uses them: with several workers, each writes file
@@ -390,9 +429,10 @@ class Pipeline:
                 raise Unavailable(f"the queue of backend {name} cannot be opened: {exc}") from exc
             self._queues[key] = queue
         label = name if tenant is None else f"{name}[{tenant}]"
-        d = Destination(label, config, self.retry, queue)
+        d = Destination(label, config, self.retry, queue, self._merges)
         d.start()
         self.destinations[key] = d
+        self._merges.update(self.destinations.values())
         return d
 
     async def _open_once(self, key: Key) -> Destination:
@@ -423,10 +463,11 @@ class Pipeline:
                 del self.destinations[key]
                 self._later(self._close_removed(key, d, deadline))
                 continue
-            replacement = Destination(d.name, config, retry, d.queue)
+            replacement = Destination(d.name, config, retry, d.queue, self._merges)
             replacement.start()
             self.destinations[key] = replacement
             self._later(d.retire(deadline))
+        self._merges.update(self.destinations.values())
 
     async def _close_removed(self, key: Key, d: Destination, deadline: float) -> None:
         await d.drain(deadline)

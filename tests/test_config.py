@@ -427,6 +427,28 @@ BAD_CONFIGS = {
         "backends.b.compression",
         "must be one of none, gzip",
     ),
+    "client-on-grpc": (
+        """
+        backends:
+          b: {protocol: grpc, endpoint: "http://x:4317", client: httpx}
+        """,
+        "client",
+        "backends.b.client",
+        "http/* backends only",
+    ),
+    "pyqwest-cannot-skip-verification": (
+        """
+        backends:
+          b:
+            protocol: http/protobuf
+            endpoint: "https://x:4318"
+            tls: {insecure: true}
+            client: pyqwest
+        """,
+        "client",
+        "backends.b.client",
+        "use client: httpx with tls.insecure",
+    ),
     "bad-server": (
         """
         server: gunicorn

@@ -63,6 +63,9 @@ def test_permanent_status_is_dropped_not_retried(tmp_path: Path, sink: Sink) -> 
 def test_full_queue_answers_429_with_retry_after(tmp_path: Path, sink: Sink) -> None:
     sink.status, sink.retry_after = 503, "30"
     config = _config(sink, concurrency=1, queue={"max_bytes": 1000})
+    # the first batch must stay in retry (it holds its queue bytes until delivered): a 30 s
+    # Retry-After within a 30 s max_elapsed would give it up at once and free the queue
+    config["retry"] = {"initial_interval": "100ms", "max_interval": "1s", "max_elapsed": "5m"}
     with run_gateway(tmp_path, config) as gw:
         assert _post(gw.http_endpoint, _request("first", 20)).status_code == 200
         r = _post(gw.http_endpoint, _request("second", 20))

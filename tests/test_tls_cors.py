@@ -107,6 +107,31 @@ def test_alpn_offers_h2(tls_gateway: tuple[Gateway, Sink, Path]) -> None:
     assert r.http_version == "HTTP/2"
 
 
+@pytest.mark.parametrize(
+    ("client", "tls"),
+    [("pyqwest", "ca_file"), ("httpx", "ca_file"), (None, "insecure")],
+    ids=["pyqwest-ca_file", "httpx-ca_file", "default-insecure"],
+)
+def test_http_backend_over_tls_with_each_client(
+    tls_gateway: tuple[Gateway, Sink, Path], tmp_path: Path, client: str | None, tls: str
+) -> None:
+    """An edge gateway forwards over https to the TLS gateway, with each HTTP client: pyqwest and
+    httpx verifying a private CA, and tls.insecure (which picks httpx by itself)."""
+    upstream, sink, ca_file = tls_gateway
+    backend: dict[str, object] = {
+        "protocol": "http/protobuf",
+        "endpoint": f"https://127.0.0.1:{upstream.http_port}",
+        "tls": {"ca_file": str(ca_file)} if tls == "ca_file" else {"insecure": True},
+    }
+    if client:
+        backend["client"] = client
+    config = {"backends": {"up": backend}, "service_backends": ["up"]}
+    prefix = f"edge-{client}-{tls}"
+    with run_gateway(tmp_path, config) as edge:
+        _send(HTTPSpanExporter(endpoint=edge.http_endpoint + "/v1/traces"), prefix, 5)
+        assert _wait_names(sink, prefix, 5) == [f"{prefix}-{i}" for i in range(5)]
+
+
 def _wait_names(sink: Sink, prefix: str, n: int) -> list[str]:
     from .otlp_peers import wait_until
 

@@ -64,6 +64,12 @@ def log_partial_success_message(backend: str, batch: Batch, response: Any) -> No
     log_partial_success(backend, batch, int(rejected), str(ps.error_message))
 
 
+def gzip_encoding(level: int) -> tuple[str, int]:
+    """The Batch.encoded key of the payload gzipped at `level`: the body of an http/protobuf
+    export and the message of a grpc one alike."""
+    return ("gzip", level)
+
+
 def render_headers(templates: dict[str, str], tenant: str) -> dict[str, str]:
     return {k: v.replace("{tenant}", tenant) for k, v in templates.items()}
 

@@ -1,10 +1,18 @@
-"""OTLP/HTTP exporter (http/protobuf and http/json) over httpx."""
+"""OTLP/HTTP exporter (http/protobuf and http/json).
+
+Two HTTP clients side by side, chosen by the backend's `client`: pyqwest (reqwest in Rust, the
+default) and httpx. Measured on a 30 KB gzipped export to a local sink, the client's CPU per
+request is 240-260 µs with pyqwest and 710-820 µs with httpx (bench/README.md). httpx stays for
+`tls.insecure`: pyqwest always verifies certificates.
+"""
 
 from __future__ import annotations
 
+import json
 import ssl
+from collections.abc import Mapping
+from typing import NamedTuple, Protocol
 
-import httpx
 from google.protobuf.message import DecodeError
 
 from .. import gz, otlpjson
@@ -13,6 +21,7 @@ from ..config import BackendConfig
 from ..signals import SIGNALS
 from .base import (
     ExportError,
+    gzip_encoding,
     log_partial_success,
     log_partial_success_message,
     parse_retry_after,
@@ -23,65 +32,158 @@ from .base import (
 _RETRYABLE = frozenset({429, 502, 503, 504})
 
 
+class _Reply(NamedTuple):
+    status: int
+    content_type: str
+    retry_after: str | None
+    content: bytes
+
+
+class _Client(Protocol):
+    async def post(self, url: str, body: bytes, headers: dict[str, str]) -> _Reply:
+        """Send; raise ExportError (retryable) when no answer came."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class _PyqwestClient:
+    def __init__(self, config: BackendConfig) -> None:
+        import pyqwest
+
+        self._pyqwest = pyqwest
+        ca = None
+        if config.tls.ca_file:
+            with open(config.tls.ca_file, "rb") as f:
+                ca = f.read()
+        self._timeout = config.timeout
+        self._transport = pyqwest.HTTPTransport(
+            tls_ca_cert=ca,
+            tls_include_system_certs=ca is None,
+            timeout=config.timeout,
+            pool_max_idle_per_host=config.concurrency * 2,
+            max_connections_per_address=config.concurrency * 2,
+            follow_redirects=False,  # a redirect is a misconfigured endpoint: say so, don't chase
+            enable_otel=False,
+        )
+        self._client = pyqwest.Client(self._transport)
+
+    async def post(self, url: str, body: bytes, headers: dict[str, str]) -> _Reply:
+        pyqwest = self._pyqwest
+        try:
+            r = await self._client.post(url, headers, body)
+        except TimeoutError as exc:
+            raise ExportError(f"timed out after {self._timeout}s: {exc!r}", retryable=True) from exc
+        except (
+            ConnectionError,
+            OSError,
+            pyqwest.ReadError,
+            pyqwest.WriteError,
+            pyqwest.RemoteProtocolError,
+        ) as exc:
+            raise ExportError(f"could not reach {url}: {exc!r}", retryable=True) from exc
+        h = r.headers
+        return _Reply(r.status, h.get("content-type", ""), h.get("retry-after"), r.content)
+
+    async def aclose(self) -> None:
+        await self._transport.aclose()
+
+
+class _HttpxClient:
+    def __init__(self, config: BackendConfig) -> None:
+        import httpx
+
+        self._httpx = httpx
+        verify: bool | ssl.SSLContext = True
+        if config.tls.insecure:
+            verify = False
+        elif config.tls.ca_file:
+            verify = ssl.create_default_context(cafile=config.tls.ca_file)
+        self._timeout = config.timeout
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(config.timeout),
+            verify=verify,
+            limits=httpx.Limits(max_connections=config.concurrency * 2),
+        )
+
+    async def post(self, url: str, body: bytes, headers: dict[str, str]) -> _Reply:
+        httpx = self._httpx
+        try:
+            r = await self._client.post(url, content=body, headers=headers)
+        except httpx.TimeoutException as exc:
+            raise ExportError(f"timed out after {self._timeout}s: {exc!r}", retryable=True) from exc
+        except httpx.HTTPError as exc:
+            raise ExportError(f"could not reach {url}: {exc!r}", retryable=True) from exc
+        h = r.headers
+        return _Reply(r.status_code, h.get("content-type", ""), h.get("retry-after"), r.content)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+_CLIENTS: Mapping[str, type[_PyqwestClient] | type[_HttpxClient]] = {
+    "pyqwest": _PyqwestClient,
+    "httpx": _HttpxClient,
+}
+
+
 class HTTPExporter:
     def __init__(self, config: BackendConfig) -> None:
         self._config = config
         self._json = config.protocol == "http/json"
         base = config.endpoint.rstrip("/")
         self._urls = {s.name: base + s.http_path for s in SIGNALS}
-        verify: bool | ssl.SSLContext = True
-        if config.tls.insecure:
-            verify = False
-        elif config.tls.ca_file:
-            verify = ssl.create_default_context(cafile=config.tls.ca_file)
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(config.timeout),
-            verify=verify,
-            limits=httpx.Limits(max_connections=config.concurrency * 2),
-        )
+        self._client: _Client = _CLIENTS[config.client](config)
         self._content_type = "application/json" if self._json else "application/x-protobuf"
+        gzip = config.compression == "gzip"
+        self._gzip_level = config.compression_level if gzip else None
+        # the body this exporter sends, as a key of Batch.encoded (None: the payload as it is);
+        # gzipped protobuf has the key the grpc exporter uses, as the bytes are the same
+        self._encoding: tuple[str, int | None] | None = None
+        if self._json:
+            self._encoding = ("json", self._gzip_level)
+        elif self._gzip_level is not None:
+            self._encoding = gzip_encoding(self._gzip_level)
 
     async def export(self, batch: Batch) -> None:
-        body = batch.payload
-        if self._json:
-            body = otlpjson.proto_to_json(batch.signal, body)
         headers = render_headers(self._config.headers, batch.tenant)
         headers["content-type"] = self._content_type
-        if self._config.compression == "gzip":
-            body = gz.gzip_compress(body, self._config.compression_level)
+        body = batch.payload
+        if self._encoding is not None:
+            signal, json_, level = batch.signal, self._json, self._gzip_level
+
+            def encode(payload: bytes) -> bytes:
+                body = otlpjson.proto_to_json(signal, payload) if json_ else payload
+                return body if level is None else gz.gzip_compress(body, level)
+
+            body = batch.encoded(self._encoding, encode)
+        if self._gzip_level is not None:
             headers["content-encoding"] = "gzip"
         url = self._urls[batch.signal.name]
-        try:
-            response = await self._client.post(url, content=body, headers=headers)
-        except httpx.TimeoutException as exc:
-            raise ExportError(
-                f"timed out after {self._config.timeout}s: {exc!r}", retryable=True
-            ) from exc
-        except httpx.HTTPError as exc:
-            raise ExportError(f"could not reach {url}: {exc!r}", retryable=True) from exc
-        status = response.status_code
+        reply = await self._client.post(url, body, headers)
+        status = reply.status
         if 200 <= status < 300:
-            self._log_partial_success(batch, response)
+            self._log_partial_success(batch, reply)
             return
-        detail = response.text[:200].replace("\n", " ")
+        detail = reply.content[:200].decode("utf-8", "replace").replace("\n", " ")
         message = f"{url} answered {status}: {detail}"
         if status in _RETRYABLE:
-            retry_after = parse_retry_after(response.headers.get("retry-after"))
+            retry_after = parse_retry_after(reply.retry_after)
             raise ExportError(message, retryable=True, retry_after=retry_after)
         raise ExportError(message, retryable=False, too_large=status == 413)
 
-    def _log_partial_success(self, batch: Batch, response: httpx.Response) -> None:
-        if not response.content:
+    def _log_partial_success(self, batch: Batch, reply: _Reply) -> None:
+        if not reply.content:
             return
         try:
-            if "json" in response.headers.get("content-type", ""):
-                parsed = response.json().get("partialSuccess") or {}
+            if "json" in reply.content_type:
+                parsed = json.loads(reply.content).get("partialSuccess") or {}
                 rejected = next((int(v) for k, v in parsed.items() if k.startswith("rejected")), 0)
                 log_partial_success(
                     self._config.name, batch, rejected, str(parsed.get("errorMessage", ""))
                 )
             else:
-                res = batch.signal.response_type.FromString(response.content)
+                res = batch.signal.response_type.FromString(reply.content)
                 log_partial_success_message(self._config.name, batch, res)
         except (ValueError, DecodeError, AttributeError):
             return
