@@ -297,6 +297,26 @@ class SinkProc:
         return proc_cpu_seconds(self.proc.pid)
 
 
+def gateway_spans(admin: bool) -> dict[str, float] | None:
+    """The gateway's own count of trace items accepted and refused (its /metrics), or None when it
+    has no admin listener. h2load counts a gRPC call refused with RESOURCE_EXHAUSTED (HTTP 200,
+    grpc-status 8) as a success, so over gRPC only these say what was acknowledged."""
+    if not admin:
+        return None
+    conn = http.client.HTTPConnection("127.0.0.1", GATEWAY_ADMIN_PORT, timeout=5)
+    try:
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    out = {"accepted": 0.0, "refused": 0.0}
+    for line in text.splitlines():
+        for kind in out:
+            if line.startswith(f"otlp_gateway_{kind}_items_total{{") and 'signal="traces"' in line:
+                out[kind] += float(line.rsplit(" ", 1)[1])
+    return out
+
+
 def stats_delta(after: dict[int, Any], before: dict[int, Any], ports: tuple[int, ...]) -> Any:
     keys = ("requests", "spans", "wire_bytes", "body_bytes", "untagged_spans", "errors")
     return {p: {k: after[p][k] - before[p][k] for k in keys} for p in ports}
@@ -862,6 +882,7 @@ def measure_cell(
         c = start_gateway(procs, cell_dir, server, variant, s.gateway_tree, s.gateway_admin)
     result: dict[str, Any] = {"contender": contender, "transport": transport, "variant": variant}
     result["other_cores_before"] = other_cores_before
+    is_gateway = contender != "rotel"
     try:
         time.sleep(0.5 if s.smoke else 1.0)
         result["idle_rss_mib"] = round(proc_status_mib(c.pid, "VmRSS"), 1)
@@ -882,6 +903,7 @@ def measure_cell(
 
         # the measured window: load, then drain
         before = sink.stats()
+        counted0 = gateway_spans(is_gateway and s.gateway_admin)
         cpu0, sink_cpu0, t0 = proc_cpu_seconds(c.pid), sink.cpu(), time.monotonic()
         cores0, own0 = core_busy_seconds(), time.process_time()
         prof = start_profile(procs, c, s, f"{contender}-{transport}-{variant}")
@@ -890,7 +912,11 @@ def measure_cell(
         else:
             load = drive(procs, c, transport, files, cell_dir, duration=s.duration, tag="m")
         load_end = time.monotonic()
-        after = wait_drained(sink, before, c.ports, load.ok * SPANS_PER_REQUEST)
+        counted = gateway_spans(is_gateway and s.gateway_admin)
+        acked = load.ok * SPANS_PER_REQUEST
+        if counted is not None and counted0 is not None:
+            acked = round(counted["accepted"] - counted0["accepted"])
+        after = wait_drained(sink, before, c.ports, acked)
         cpu1, sink_cpu1, t1 = proc_cpu_seconds(c.pid), sink.cpu(), time.monotonic()
         cores1, own1 = core_busy_seconds(), time.process_time()
         stop_profile(procs, prof, result)
@@ -900,7 +926,14 @@ def measure_cell(
         result.update(
             {
                 "sent_spans": load.sent * SPANS_PER_REQUEST,
-                "acked_spans": load.ok * SPANS_PER_REQUEST,
+                # the gateway's own count when it has one (see gateway_spans), else the client's
+                "acked_spans": acked,
+                "client_ok_spans": load.ok * SPANS_PER_REQUEST,
+                "refused_spans": (
+                    round(counted["refused"] - counted0["refused"])
+                    if counted is not None and counted0 is not None
+                    else None
+                ),
                 "delivered_spans": delivered,
                 "delivered_per_backend": [d["spans"] for d in delta.values()],
                 "failed_requests": load.failed,
