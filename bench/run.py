@@ -754,7 +754,12 @@ def run_paced_grpc(
     latencies: list[tuple[float, bool, float]] = []  # (due, ok, latency s)
 
     async def main() -> float:
-        opened = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for _ in range(channels)]
+        # a local subchannel pool each: grpcio otherwise shares one connection between channels
+        # to the same target (and across cells, to a gateway that has since been stopped)
+        options = [("grpc.use_local_subchannel_pool", 1)]
+        opened = [
+            grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) for _ in range(channels)
+        ]
         calls = [
             ch.unary_unary(GRPC_PATH, request_serializer=None, response_deserializer=None)
             for ch in opened
