@@ -63,6 +63,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -652,6 +653,54 @@ def run_h2load(
     )
 
 
+async def _on_schedule(
+    rate: float, requests: int, one: Callable[[int, float], Awaitable[None]]
+) -> float:
+    """Start `one(i, due)` for request i at its due time, start + i / rate, without waiting for
+    earlier ones (open loop); returns the seconds from start until all have finished."""
+    import asyncio
+
+    start = time.perf_counter() + 0.05
+    tasks = []
+    for i in range(requests):
+        due = start + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i, due)))
+    await asyncio.wait_for(asyncio.gather(*tasks), timeout=120)
+    return time.perf_counter() - start
+
+
+def _paced_load(
+    latencies: list[tuple[float, bool, float]],
+    requests: int,
+    wall: float,
+    cpu: float,
+    skip_first_s: float,
+    **raw: Any,
+) -> Load:
+    """A Load from (due, ok, latency s) per answered request; the first `skip_first_s` seconds
+    of the schedule are not counted in the percentiles."""
+    ok = sum(1 for _, good, _ in latencies if good)
+    t_first = min((due for due, _, _ in latencies), default=0.0)
+    lat = sorted(
+        round(lat_s * 1e6)
+        for due, good, lat_s in latencies
+        if good and due >= t_first + skip_first_s
+    )
+    return Load(
+        sent=requests,
+        ok=ok,
+        failed=requests - ok,
+        wall_s=wall,
+        p50_ms=percentile(lat, 50) / 1000 if lat else None,
+        p99_ms=percentile(lat, 99) / 1000 if lat else None,
+        cpu_s=cpu,
+        raw={"latency_samples": len(lat), **raw},
+    )
+
+
 def run_paced_http(
     port: int, body: bytes, *, rate: float, requests: int, skip_first_s: float = 0.0
 ) -> Load:
@@ -668,11 +717,11 @@ def run_paced_http(
         f"Content-Type: application/x-protobuf\r\nAuthorization: Bearer {API_KEY}\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode()
-    latencies: list[tuple[float, int, float]] = []  # (due, status, latency s)
+    latencies: list[tuple[float, bool, float]] = []  # (due, answered 200, latency s)
     idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
     errors = 0
 
-    async def one(due: float) -> None:
+    async def one(_: int, due: float) -> None:
         nonlocal errors
         try:
             if idle:
@@ -692,45 +741,21 @@ def run_paced_http(
                     length = int(value)
             if length:
                 await reader.readexactly(length)
-            latencies.append((due, status, time.perf_counter() - due))
+            latencies.append((due, status == 200, time.perf_counter() - due))
             idle.append((reader, writer))
         except (OSError, asyncio.IncompleteReadError, ValueError):
             errors += 1
 
     async def main() -> float:
-        start = time.perf_counter() + 0.05
-        tasks = []
-        for i in range(requests):
-            due = start + i / rate
-            delay = due - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(due)))
-        await asyncio.wait_for(asyncio.gather(*tasks), timeout=120)
+        wall = await _on_schedule(rate, requests, one)
         for _, writer in idle:
             writer.close()
-        return time.perf_counter() - start
+        return wall
 
     cpu0 = time.process_time()
     wall = asyncio.run(main())
     cpu = time.process_time() - cpu0
-    ok = sum(1 for _, status, _ in latencies if status == 200)
-    t_first = min((due for due, _, _ in latencies), default=0.0)
-    lat = sorted(
-        round(lat_s * 1e6)
-        for due, status, lat_s in latencies
-        if status == 200 and due >= t_first + skip_first_s
-    )
-    return Load(
-        sent=requests,
-        ok=ok,
-        failed=requests - ok,
-        wall_s=wall,
-        p50_ms=percentile(lat, 50) / 1000 if lat else None,
-        p99_ms=percentile(lat, 99) / 1000 if lat else None,
-        cpu_s=cpu,
-        raw={"latency_samples": len(lat), "connection_errors": errors},
-    )
+    return _paced_load(latencies, requests, wall, cpu, skip_first_s, connection_errors=errors)
 
 
 def run_paced_grpc(
@@ -776,40 +801,14 @@ def run_paced_grpc(
                 ok = False
             latencies.append((due, ok, time.perf_counter() - due))
 
-        start = time.perf_counter() + 0.05
-        tasks = []
-        for i in range(requests):
-            due = start + i / rate
-            delay = due - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(i, due)))
-        await asyncio.wait_for(asyncio.gather(*tasks), timeout=120)
-        wall = time.perf_counter() - start
+        wall = await _on_schedule(rate, requests, one)
         for ch in opened:
             await ch.close()
         return wall
 
     cpu0 = time.process_time()
     wall = asyncio.run(main())
-    cpu = time.process_time() - cpu0
-    ok = sum(1 for _, good, _ in latencies if good)
-    t_first = min((due for due, _, _ in latencies), default=0.0)
-    lat = sorted(
-        round(lat_s * 1e6)
-        for due, good, lat_s in latencies
-        if good and due >= t_first + skip_first_s
-    )
-    return Load(
-        sent=requests,
-        ok=ok,
-        failed=requests - ok,
-        wall_s=wall,
-        p50_ms=percentile(lat, 50) / 1000 if lat else None,
-        p99_ms=percentile(lat, 99) / 1000 if lat else None,
-        cpu_s=cpu,
-        raw={"latency_samples": len(lat)},
-    )
+    return _paced_load(latencies, requests, wall, time.process_time() - cpu0, skip_first_s)
 
 
 def percentile(sorted_values: list[int], pct: float) -> float:

@@ -140,6 +140,17 @@ class Sink:
         with self._lock:
             return [r.message for r in self.received if r.signal == signal]
 
+    def span_names(self, prefix: str = "") -> list[str]:
+        """The names of the spans received (those starting with `prefix`), sorted."""
+        return sorted(
+            s.name
+            for m in self.messages("traces")
+            for rs in m.resource_spans
+            for ss in rs.scope_spans
+            for s in ss.spans
+            if s.name.startswith(prefix)
+        )
+
     def wait_items(self, signal: str, n: int, timeout: float = 15.0) -> int:
         wait_until(lambda: self.items(signal) >= n, timeout)
         time.sleep(0.2)  # let stragglers (duplicates) arrive before the caller asserts equality

@@ -75,16 +75,6 @@ def test_full_queue_answers_429_with_retry_after(tmp_path: Path, sink: Sink) -> 
         assert status.code == 8 and "queue for backend sink is full" in status.message
 
 
-def _span_names(sink: Sink) -> list[str]:
-    return [
-        s.name
-        for m in sink.messages("traces")
-        for rs in m.resource_spans
-        for ss in rs.scope_spans
-        for s in ss.spans
-    ]
-
-
 def test_413_is_answered_by_sending_halves(tmp_path: Path, sink: Sink) -> None:
     sink.max_body = 3000
     with run_gateway(tmp_path, _config(sink)) as gw:
@@ -94,7 +84,7 @@ def test_413_is_answered_by_sending_halves(tmp_path: Path, sink: Sink) -> None:
         assert sink.wait_items("traces", 300) == 300
         log = gw.log()
     assert "dropped" not in log, log
-    assert sorted(_span_names(sink)) == sorted(f"halved-{i}" for i in range(300))
+    assert sink.span_names() == sorted(f"halved-{i}" for i in range(300))
     assert max(sink.body_sizes) <= 3000
 
 
@@ -102,7 +92,7 @@ def test_request_over_batch_max_bytes_is_split_before_sending(tmp_path: Path, si
     with run_gateway(tmp_path, _config(sink, batch_max_bytes=4000)) as gw:
         assert _post(gw.http_endpoint, _request("split", 400)).status_code == 200
         assert sink.wait_items("traces", 400) == 400
-    assert sorted(_span_names(sink)) == sorted(f"split-{i}" for i in range(400))
+    assert sink.span_names() == sorted(f"split-{i}" for i in range(400))
     assert len(sink.body_sizes) >= 4 and max(sink.body_sizes) <= 4000
 
 

@@ -58,14 +58,7 @@ def _send(exporter: object, name: str, n: int) -> None:
 
 
 def _names(sink: Sink, prefix: str) -> list[str]:
-    return sorted(
-        s.name
-        for m in sink.messages("traces")
-        for rs in m.resource_spans
-        for ss in rs.scope_spans
-        for s in ss.spans
-        if s.name.startswith(prefix)
-    )
+    return sink.span_names(prefix)
 
 
 @pytest.mark.parametrize("port_attr", ["grpc_port", "http_port"])

@@ -49,17 +49,6 @@ def accepted(admin_url: str) -> float:
     )
 
 
-def names_at(sink: Sink, tag: str) -> list[str]:
-    return [
-        s.name
-        for m in sink.messages("traces")
-        for rs in m.resource_spans
-        for ss in rs.scope_spans
-        for s in ss.spans
-        if s.name.startswith(tag)
-    ]
-
-
 def worker_pids(parent: int) -> list[int]:
     children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
     return sorted(int(c) for c in children)
@@ -88,7 +77,7 @@ def test_two_workers_share_the_ports_and_keep_their_spools(tmp_path: Path) -> No
             per_worker = [accepted(url) for url in admins]
             assert sum(per_worker) == 100 and min(per_worker) > 0, per_worker
             assert sink.wait_items("traces", 100) == 100
-            assert sorted(names_at(sink, tag)) == sorted(first)
+            assert sorted(sink.span_names(tag)) == sorted(first)
             assert sorted(p.name for p in queue.iterdir()) == ["worker-0", "worker-1"]
 
             # The backend goes down; what both workers accept waits in their spools. Worker 1
@@ -108,8 +97,8 @@ def test_two_workers_share_the_ports_and_keep_their_spools(tmp_path: Path) -> No
             for url in admins:
                 assert wait_until(lambda url=url: _status(url + "/readyz") == 200, 20)
             sink.status = 200
-            assert wait_until(lambda: set(second) <= set(names_at(sink, tag)), 60)
-            got = names_at(sink, tag)
+            assert wait_until(lambda: set(second) <= set(sink.span_names(tag)), 60)
+            got = sink.span_names(tag)
             assert set(got) == set(first) | set(second)  # nothing acknowledged was lost
             assert "died (signal SIGKILL); starting it again" in gw.log()
 
