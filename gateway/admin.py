@@ -5,6 +5,7 @@ admin API (otlp_gateway.admin.v1.AdminService, Connect / gRPC / gRPC-web) and th
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 from collections import defaultdict
@@ -23,7 +24,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
-from . import keys, metrics, recent
+from . import keys, metrics, recent, spans
 from ._gen.otlp_gateway.admin.v1 import admin_pb2 as pb
 from ._gen.otlp_gateway.admin.v1.admin_connect import AdminServiceASGIApplication
 from .config import KEY_PREFIX, GatewayConfig
@@ -200,22 +201,11 @@ class AdminAPI:
                     )
 
 
-def _row(tenant: str, r: Any) -> pb.AccessRow:
-    return pb.AccessRow(
-        time_unix_nano=r.time_unix_nano,
-        tenant=tenant,
-        service=r.service,
-        span_name=r.span_name,
-        kind=r.kind,
-        status=r.status,
-        status_message=r.status_message,
-        duration_ms=r.duration_ms,
-        http_method=r.http_method,
-        http_route=r.http_route,
-        http_status=r.http_status,
-        trace_id=r.trace_id,
-        span_id=r.span_id,
-    )
+_ROW_FIELDS = tuple(f.name for f in dataclasses.fields(spans.AccessRow))  # AccessRow's, but tenant
+
+
+def _row(tenant: str, row: spans.AccessRow) -> pb.AccessRow:
+    return pb.AccessRow(tenant=tenant, **{name: getattr(row, name) for name in _ROW_FIELDS})
 
 
 async def _metrics(request: Request) -> Response:

@@ -16,21 +16,20 @@ from urllib.parse import quote
 from google.rpc import error_details_pb2, status_pb2
 from starlette.types import Message, Receive, Scope, Send
 
-from . import limits, wire
+from . import limits
 from .errors import (
     GatewayError,
     GrpcCode,
     InvalidRequest,
     RequestTooLarge,
-    Throttled,
     UnsupportedMediaType,
 )
-from .intake import Intake
+from .intake import Intake, count_items, text_headers
 from .signals import Signal
 from .tenants import Tenant
 
 PROTO_TYPES = frozenset({b"application/grpc", b"application/grpc+proto"})
-_ENCODINGS = {b"identity": "", b"gzip": "gzip", b"deflate": "deflate", b"zstd": "zstd"}
+_ENCODINGS = {"identity": "", "gzip": "gzip", "deflate": "deflate", "zstd": "zstd"}
 _ACCEPT = b"gzip,deflate,zstd,identity"
 _PREFIX = 5  # compressed flag (1 byte) + message length (4 bytes, big-endian)
 
@@ -72,32 +71,26 @@ class GrpcExport:
         self._ok = frame(signal.response_type().SerializeToString())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = dict(scope["headers"])
         try:
-            await self._handle(scope, headers, receive)
+            await self._handle(scope, text_headers(scope["headers"]), receive)
         except GatewayError as error:
             self._intake.refused(self.signal, "grpc", error)
             await _respond(send, b"", error)
             return
         await _respond(send, self._ok, None)
 
-    async def _handle(self, scope: Scope, headers: dict[bytes, bytes], receive: Receive) -> None:
-        length = headers.get(b"content-length", b"")
+    async def _handle(self, scope: Scope, headers: dict[str, str], receive: Receive) -> None:
+        length = headers.get("content-length", "")
         try:
             if not scope["path"].endswith("/Export"):
                 raise _Unimplemented(f"{scope['path']} is not a method of {self.signal.service}")
-            encoding = _ENCODINGS.get(headers.get(b"grpc-encoding", b"identity").strip().lower())
+            encoding = _ENCODINGS.get(headers.get("grpc-encoding", "identity").strip().lower())
             if encoding is None:
                 raise _Unimplemented(
-                    f"grpc-encoding {headers[b'grpc-encoding'].decode('latin-1')!r} is not "
+                    f"grpc-encoding {headers['grpc-encoding']!r} is not "
                     f"supported; use gzip, deflate, zstd or identity"
                 )
-            str_headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers.items()}
-            tenant = self._intake.admit(self.signal, str_headers)
-            if self._inflight.full:
-                busy = Throttled(self._inflight.busy_message(), retry_after=1.0, reason="busy")
-                busy.tenant = tenant.name
-                raise busy
+            tenant = self._intake.admit(self.signal, headers, self._inflight)
         except GatewayError:
             # Read the body away first: answering while the client still sends resets the
             # stream, and gRPC clients then see INTERNAL instead of our status.
@@ -110,22 +103,16 @@ class GrpcExport:
                 error.tenant = tenant.name
             raise
 
-    async def _accept(self, receive: Receive, length: bytes, encoding: str, tenant: Tenant) -> None:
+    async def _accept(self, receive: Receive, length: str, encoding: str, tenant: Tenant) -> None:
         with self._inflight.hold(length) as held:
             try:
-                body = await held.read(receive, length, self._limits.max_body_bytes)
+                body = await held.read(receive, self._limits.max_body_bytes)
             except limits.TooLarge as exc:
                 raise RequestTooLarge(str(exc)) from None
             except limits.ClientGone as exc:
                 raise InvalidRequest(str(exc)) from None
             data = self._message(body, encoding)
-            try:
-                items = wire.count_items(self.signal, data)
-            except wire.WireError as exc:
-                raise InvalidRequest(
-                    f"the message is not a valid protobuf "
-                    f"{self.signal.request_type.__name__} ({exc})"
-                ) from None
+            items = count_items(self.signal, data, "message")
             await self._intake.accept(self.signal, data, items, tenant, "grpc")
 
     def _message(self, body: bytes, encoding: str) -> bytes:

@@ -12,15 +12,14 @@ import json
 from google.rpc import status_pb2
 from starlette.types import Receive, Scope, Send
 
-from . import limits, otlpjson, wire
+from . import limits, otlpjson
 from .errors import (
     GatewayError,
     InvalidRequest,
     RequestTooLarge,
-    Throttled,
     UnsupportedMediaType,
 )
-from .intake import Intake
+from .intake import Intake, count_items, text_headers
 from .signals import Signal
 from .tenants import Tenant
 
@@ -32,10 +31,6 @@ _PROTOBUF_TYPES = frozenset({PROTOBUF, "application/protobuf"})
 class _MethodNotAllowed(GatewayError):
     http_status = 405
     reason = "method_not_allowed"
-
-
-def _headers(scope: Scope) -> dict[str, str]:
-    return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
 
 
 def _status_body(error: GatewayError, as_json: bool) -> bytes:
@@ -56,7 +51,7 @@ class OTLPHTTPEndpoint:
         self._empty = signal.response_type().SerializeToString()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = _headers(scope)
+        headers = text_headers(scope["headers"])
         media_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
         as_json = media_type == JSON
         try:
@@ -81,7 +76,7 @@ class OTLPHTTPEndpoint:
                 f"content-type {media_type or '(none)'!r} is not supported; "
                 f"send {PROTOBUF} or {JSON}"
             )
-        tenant = self._intake.admit(self.signal, headers)
+        tenant = self._intake.admit(self.signal, headers, self._inflight)
         try:
             return await self._read_and_accept(headers, media_type, receive, tenant)
         except GatewayError as error:
@@ -92,12 +87,10 @@ class OTLPHTTPEndpoint:
     async def _read_and_accept(
         self, headers: dict[str, str], media_type: str, receive: Receive, tenant: Tenant
     ) -> bytes:
-        if self._inflight.full:
-            raise Throttled(self._inflight.busy_message(), retry_after=1.0, reason="busy")
         length = headers.get("content-length", "")
         with self._inflight.hold(length) as held:
             try:
-                raw = await held.read(receive, length, self._limits.max_body_bytes)
+                raw = await held.read(receive, self._limits.max_body_bytes)
             except limits.TooLarge as exc:
                 raise RequestTooLarge(str(exc)) from None
             except limits.ClientGone as exc:
@@ -124,12 +117,7 @@ class OTLPHTTPEndpoint:
                 data = otlpjson.json_to_proto(self.signal, data)
             except otlpjson.OTLPJSONError as exc:
                 raise InvalidRequest(str(exc)) from None
-        try:
-            items = wire.count_items(self.signal, data)
-        except wire.WireError as exc:
-            raise InvalidRequest(
-                f"the body is not a valid protobuf {self.signal.request_type.__name__} ({exc})"
-            ) from None
+        items = count_items(self.signal, data)
         transport = "http/json" if media_type == JSON else "http/protobuf"
         await self._intake.accept(self.signal, data, items, tenant, transport)
         return b"{}" if media_type == JSON else self._empty

@@ -5,13 +5,13 @@ every refusal. Intake counts and logs what comes in, so every transport is count
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from prometheus_client import Counter
 
-from . import metrics, recent
+from . import limits, metrics, recent, wire
 from .batch import Batch
-from .errors import GatewayError
+from .errors import GatewayError, InvalidRequest, Throttled
 from .pipeline import Pipeline
 from .signals import TRACES, Signal
 from .tail import TailHub
@@ -20,6 +20,22 @@ from .tenants import Directory, Tenant
 log = logging.getLogger("otlp_gateway.intake")
 
 _AUTH = frozenset({"unauthenticated", "permission_denied"})
+
+
+def text_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """An ASGI scope's headers as text (names are lower case already)."""
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in raw}
+
+
+def count_items(signal: Signal, data: bytes, what: str = "body") -> int:
+    """The items of a request, validating its wire format on the way; InvalidRequest when
+    `what` (the body, the message) is not the signal's Export request."""
+    try:
+        return wire.count_items(signal, data)
+    except wire.WireError as exc:
+        raise InvalidRequest(
+            f"the {what} is not a valid protobuf {signal.request_type.__name__} ({exc})"
+        ) from None
 
 
 class _Counts:
@@ -45,9 +61,17 @@ class Intake:
         self.tail = tail if tail is not None else TailHub()
         self._counts: dict[tuple[str, str, str], _Counts] = {}
 
-    def admit(self, signal: Signal, headers: Mapping[str, str]) -> Tenant:
-        """Authenticate; raises Unauthenticated / PermissionDenied."""
-        return self.directory.authenticate(headers, signal)
+    def admit(
+        self, signal: Signal, headers: Mapping[str, str], inflight: limits.InFlight
+    ) -> Tenant:
+        """Who is sending, and whether there is room for a request now, from the headers alone:
+        raises Unauthenticated / PermissionDenied, then Throttled while `inflight` is full."""
+        tenant = self.directory.authenticate(headers, signal)
+        if inflight.full:
+            busy = Throttled(inflight.busy_message(), retry_after=1.0, reason="busy")
+            busy.tenant = tenant.name
+            raise busy
+        return tenant
 
     def _counters(self, tenant: str, signal: str, transport: str) -> _Counts:
         key = (tenant, signal, transport)

@@ -42,19 +42,20 @@ class InFlight:
             "retry after 1s"
         )
 
-    def hold(self, content_length: str | bytes) -> Held:
+    def hold(self, content_length: str) -> Held:
         """Count one request in flight from now (its announced length is reserved before a byte
         is read) until the returned context ends."""
-        return Held(self, int(content_length) if content_length.isdigit() else 0)
+        return Held(self, content_length)
 
 
 class Held:
     """One request's bytes counted in an InFlight budget; released when the context ends."""
 
-    def __init__(self, inflight: InFlight, reserved: int) -> None:
+    def __init__(self, inflight: InFlight, content_length: str) -> None:
         self._inflight = inflight
-        self.bytes = reserved
-        inflight.bytes += reserved
+        self._length = content_length  # as the client announced it ("" when it did not)
+        self.bytes = int(content_length) if content_length.isdigit() else 0
+        inflight.bytes += self.bytes
 
     def __enter__(self) -> Held:
         return self
@@ -63,11 +64,11 @@ class Held:
         self._inflight.bytes -= self.bytes
         self.bytes = 0
 
-    async def read(self, receive: Receive, content_length: str | bytes, cap: int) -> bytes:
+    async def read(self, receive: Receive, cap: int) -> bytes:
         """The whole body, refused (TooLarge) as soon as it is known to pass `cap`. The body counts
         on top of the reservation, standing in for its decompressed copy."""
-        if content_length.isdigit() and int(content_length) > cap:
-            await discard_unless_huge(receive, content_length)
+        if self._length.isdigit() and int(self._length) > cap:
+            await discard_unless_huge(receive, self._length)
             raise TooLarge(too_large_message("the request body", cap))
         raw = await read_body(receive, cap)
         self.bytes += len(raw)
@@ -202,13 +203,13 @@ async def read_body(receive: Receive, cap: int) -> bytes:
             return b"".join(chunks)
 
 
-def worth_draining(content_length: str | bytes) -> bool:
+def worth_draining(content_length: str) -> bool:
     """Whether a refused body should be read away first: yes, unless it announces more than
     DISCARD_LIMIT bytes."""
     return not content_length.isdigit() or int(content_length) <= DISCARD_LIMIT
 
 
-async def discard_unless_huge(receive: Receive, content_length: str | bytes) -> None:
+async def discard_unless_huge(receive: Receive, content_length: str) -> None:
     if worth_draining(content_length):
         await discard_body(receive)
 

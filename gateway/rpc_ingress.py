@@ -26,7 +26,7 @@ from google.protobuf.message import Message
 from starlette.types import Message as ASGIMessage
 from starlette.types import Receive, Scope, Send
 
-from . import gz, limits, wire
+from . import gz, limits
 from ._gen.opentelemetry.proto.collector.logs.v1.logs_service_connect import (
     LogsServiceASGIApplication,
 )
@@ -39,9 +39,9 @@ from ._gen.opentelemetry.proto.collector.profiles.v1development.profiles_service
 from ._gen.opentelemetry.proto.collector.trace.v1.trace_service_connect import (
     TraceServiceASGIApplication,
 )
-from .errors import GatewayError, GrpcCode, InvalidRequest, RequestTooLarge, Throttled
+from .errors import GatewayError, GrpcCode, InvalidRequest, RequestTooLarge
 from .grpc_ingress import GrpcExport, is_grpc_proto, retry_info
-from .intake import Intake
+from .intake import Intake, count_items, text_headers
 from .signals import LOGS, METRICS, PROFILES, TRACES, Signal
 from .tenants import Tenant
 
@@ -84,6 +84,9 @@ _CALL: ContextVar[_Call | None] = ContextVar("_CALL", default=None)
 
 def _refuse(error: GatewayError) -> ConnectError:
     """The ConnectError that answers `error`, noted for accounting and cleanup."""
+    # `error` is kept until the call ends; if it was raised, its traceback (and the exception it
+    # was raised from) hold the frames that hold the request's bytes
+    error.__traceback__ = error.__context__ = None
     connect_error = to_connect_error(error)
     call = _CALL.get()
     if call is not None:
@@ -110,13 +113,9 @@ class RawRequest:
     def ParseFromString(self, data: bytes | bytearray | memoryview) -> int:
         raw = bytes(data)
         try:
-            self.items = wire.count_items(self.signal, raw)
-        except wire.WireError as exc:
-            raise _refuse(
-                InvalidRequest(
-                    f"the body is not a valid protobuf {self.signal.request_type.__name__} ({exc})"
-                )
-            ) from None
+            self.items = count_items(self.signal, raw)
+        except InvalidRequest as refusal:
+            raise _refuse(refusal) from None
         self.data = raw
         return len(raw)
 
@@ -252,7 +251,7 @@ class RPCService:
         if is_grpc_proto(scope):  # the hot path: served on the wire, without connect-python
             await self._grpc(scope, receive, send)
             return
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        headers = text_headers(scope["headers"])
         length = headers.get("content-length", "")
         drain = limits.worth_draining(length)
         cap = self._limits.max_body_bytes
@@ -261,9 +260,7 @@ class RPCService:
         token = _CALL.set(call)
         try:
             # Who is asking is settled from the headers, before the body is read.
-            call.tenant = self._intake.admit(self.signal, headers)
-            if self._inflight.full:
-                raise Throttled(self._inflight.busy_message(), retry_after=1.0, reason="busy")
+            call.tenant = self._intake.admit(self.signal, headers, self._inflight)
         except GatewayError as refusal:
             receive = _refuse_body(receive, _refuse(refusal), drain=drain)
         else:

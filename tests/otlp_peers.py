@@ -174,6 +174,20 @@ class Sink:
             thread.join(10)
 
 
+def send_spans(exporter: Any, prefix: str, n: int) -> None:
+    """Spans `prefix-0` .. `prefix-<n-1>` through an OpenTelemetry SDK exporter, one export each."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("otlp-gateway-tests")
+    for i in range(n):
+        with tracer.start_as_current_span(f"{prefix}-{i}"):
+            pass
+    provider.shutdown()
+
+
 # ---------------------------------------------------------------------------------------------
 # The gateway under test
 

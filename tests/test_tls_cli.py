@@ -22,13 +22,11 @@ from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
     OTLPSpanExporter as HTTPSpanExporter,
 )
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from gateway import config as config_mod
 from gateway import keys
 
-from .otlp_peers import Gateway, Sink, free_port, wait_ready, wait_until
+from .otlp_peers import Gateway, Sink, free_port, send_spans, wait_ready, wait_until
 
 # Variables of the machine that the HTTP exporter (requests) would prefer over its CA file.
 _CA_OVERRIDES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE")
@@ -118,16 +116,6 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return files
 
 
-def _send_spans(exporter: Any, prefix: str, n: int) -> None:
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracer = provider.get_tracer("tls-cli")
-    for i in range(n):
-        with tracer.start_as_current_span(f"{prefix}-{i}"):
-            pass
-    provider.shutdown()
-
-
 def _spans(sink: Sink, prefix: str) -> list[tuple[str, str]]:
     """(span name, tenant.id) of every received span whose name starts with prefix."""
     out = []
@@ -173,13 +161,13 @@ def test_tls_flags_sdk_grpc_and_http_exporters(
             # OTLP/gRPC over TLS (ALPN h2) on both listeners: every listener serves every transport
             for port in (gw.grpc_port, gw.http_port):
                 sdk_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"https://127.0.0.1:{port}")
-                _send_spans(GRPCSpanExporter(), f"grpc-{port}", 3)
+                send_spans(GRPCSpanExporter(), f"grpc-{port}", 3)
                 assert _wait_spans(sink, f"grpc-{port}", 3) == [
                     (f"grpc-{port}-{i}", "acme") for i in range(3)
                 ]
             # OTLP/HTTP protobuf over TLS: the exporter appends /v1/traces to the base endpoint
             sdk_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"https://127.0.0.1:{gw.http_port}")
-            _send_spans(HTTPSpanExporter(), "http", 4)
+            send_spans(HTTPSpanExporter(), "http", 4)
             assert _wait_spans(sink, "http", 4) == [(f"http-{i}", "acme") for i in range(4)]
             # a client that does not trust the certificate's CA fails at the handshake
             with pytest.raises(httpx.ConnectError):

@@ -16,10 +16,8 @@ from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
     OTLPSpanExporter as HTTPSpanExporter,
 )
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-from .otlp_peers import Gateway, Sink, run_gateway
+from .otlp_peers import Gateway, Sink, run_gateway, send_spans
 
 
 @pytest.fixture(scope="module")
@@ -47,16 +45,6 @@ def tls_gateway(
             yield gw, sink, ca_file
 
 
-def _send(exporter: object, name: str, n: int) -> None:
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))  # type: ignore[arg-type]
-    tracer = provider.get_tracer("tls")
-    for i in range(n):
-        with tracer.start_as_current_span(f"{name}-{i}"):
-            pass
-    provider.shutdown()
-
-
 def _names(sink: Sink, prefix: str) -> list[str]:
     return sink.span_names(prefix)
 
@@ -70,7 +58,7 @@ def test_sdk_grpc_exporter_over_tls(
     port = getattr(gw, port_attr)
     exporter = GRPCSpanExporter(endpoint=f"https://127.0.0.1:{port}", credentials=creds)
     prefix = f"tls-grpc-{port_attr}"
-    _send(exporter, prefix, 3)
+    send_spans(exporter, prefix, 3)
     assert _wait_names(sink, prefix, 3) == [f"{prefix}-{i}" for i in range(3)]
 
 
@@ -84,7 +72,7 @@ def test_sdk_http_exporter_over_tls(
     exporter = HTTPSpanExporter(
         endpoint=f"https://127.0.0.1:{gw.http_port}/v1/traces", certificate_file=str(ca_file)
     )
-    _send(exporter, "tls-http", 4)
+    send_spans(exporter, "tls-http", 4)
     assert _wait_names(sink, "tls-http", 4) == [f"tls-http-{i}" for i in range(4)]
 
 
@@ -121,7 +109,7 @@ def test_http_backend_over_tls_with_each_client(
     config = {"backends": {"up": backend}, "service_backends": ["up"]}
     prefix = f"edge-{client}-{tls}"
     with run_gateway(tmp_path, config) as edge:
-        _send(HTTPSpanExporter(endpoint=edge.http_endpoint + "/v1/traces"), prefix, 5)
+        send_spans(HTTPSpanExporter(endpoint=edge.http_endpoint + "/v1/traces"), prefix, 5)
         assert _wait_names(sink, prefix, 5) == [f"{prefix}-{i}" for i in range(5)]
 
 

@@ -13,6 +13,7 @@ import ssl
 from collections.abc import Mapping
 from typing import NamedTuple, Protocol
 
+import pyqwest
 from google.protobuf.message import DecodeError
 
 from .. import gz, otlpjson
@@ -49,9 +50,6 @@ class _Client(Protocol):
 
 class _PyqwestClient:
     def __init__(self, config: BackendConfig) -> None:
-        import pyqwest
-
-        self._pyqwest = pyqwest
         ca = None
         if config.tls.ca_file:
             with open(config.tls.ca_file, "rb") as f:
@@ -69,7 +67,6 @@ class _PyqwestClient:
         self._client = pyqwest.Client(self._transport)
 
     async def post(self, url: str, body: bytes, headers: dict[str, str]) -> _Reply:
-        pyqwest = self._pyqwest
         try:
             r = await self._client.post(url, headers, body)
         except TimeoutError as exc:
@@ -91,7 +88,7 @@ class _PyqwestClient:
 
 class _HttpxClient:
     def __init__(self, config: BackendConfig) -> None:
-        import httpx
+        import httpx  # only for the backends that choose it: most processes never load it
 
         self._httpx = httpx
         verify: bool | ssl.SSLContext = True
