@@ -10,12 +10,14 @@ import hashlib
 import hmac
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from connectrpc.request import RequestContext
+from google.rpc import error_details_pb2
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -28,6 +30,7 @@ from . import keys, metrics, recent, spans
 from ._gen.otlp_gateway.admin.v1 import admin_pb2 as pb
 from ._gen.otlp_gateway.admin.v1.admin_connect import AdminServiceASGIApplication
 from .config import KEY_PREFIX, GatewayConfig
+from .guard import FailureLimiter, retry_after
 from .health import GrpcHealth, HealthzEndpoint, Readiness, ReadyzEndpoint
 from .intake import Intake
 from .pipeline import Pipeline
@@ -47,6 +50,27 @@ def _admin_digest(configured: str) -> bytes:
     if configured.startswith(KEY_PREFIX):
         return bytes.fromhex(configured.removeprefix(KEY_PREFIX))
     return hashlib.sha256(configured.encode()).digest()
+
+
+def _peer_address(client: str | None) -> str:
+    """The client's address without its port ("10.0.0.7:51234" -> "10.0.0.7")."""
+    if not client:
+        return ""
+    host = client.rpartition(":")[0] or client
+    return host.strip("[]")
+
+
+def _locked_out(ctx: RequestContext[Any, Any], wait: float) -> ConnectError:
+    seconds = retry_after(wait)
+    ctx.response_headers()["retry-after"] = str(seconds)
+    info = error_details_pb2.RetryInfo()
+    info.retry_delay.FromTimedelta(timedelta(seconds=seconds))
+    return ConnectError(
+        Code.RESOURCE_EXHAUSTED,
+        f"too many wrong admin keys from this address; retry after {seconds}s "
+        "(the wait grows with every further wrong key)",
+        details=[info],
+    )
 
 
 def _sum_by(counter: Counter, label: str, **match: str) -> dict[str, float]:
@@ -74,16 +98,27 @@ class AdminAPI:
         self._intake = intake
         self._pipeline = pipeline
         self._tail = tail
+        self._failures = FailureLimiter()
 
     def _authorize(self, ctx: RequestContext[Any, Any]) -> None:
         configured = self._config().admin.api_key
         if not configured:
             raise ConnectError(Code.PERMISSION_DENIED, NO_ADMIN_KEY)
+        # Guessing the key: after a few failures a peer waits, longer after each further one,
+        # and its attempts meanwhile are not checked (a right key too, until the wait is over).
+        peer = _peer_address(ctx.client_address())
+        wait = self._failures.wait(peer)
+        if wait > 0:
+            metrics.ADMIN_AUTH_FAILURES.labels("locked_out").inc()
+            raise _locked_out(ctx, wait)
         headers = ctx.request_headers()
         _, key = keys.credentials({k: headers.get(k, "") for k in ("authorization", "x-api-key")})
         presented = hashlib.sha256((key or "").encode()).digest()
         if key is None or not hmac.compare_digest(presented, _admin_digest(configured)):
+            metrics.ADMIN_AUTH_FAILURES.labels("unauthenticated").inc()
+            self._failures.failed(peer)
             raise ConnectError(Code.UNAUTHENTICATED, WRONG_ADMIN_KEY)
+        self._failures.succeeded(peer)
 
     async def list_tenants(
         self, request: pb.ListTenantsRequest, ctx: RequestContext[Any, Any]
@@ -193,10 +228,15 @@ class AdminAPI:
             # watching (connect-python sends headers with the first message, not before).
             yield pb.TailResponse()
             async for rows, skipped in watcher.rows():
-                for start in range(0, max(1, len(rows)), ROWS_PER_MESSAGE):
-                    chunk = rows[start : start + ROWS_PER_MESSAGE]
+                shown = []
+                for r in rows:
+                    try:
+                        shown.append(_row(request.tenant, r))
+                    except (ValueError, TypeError):  # a value the row cannot hold: skip the row
+                        skipped += 1
+                for start in range(0, max(1, len(shown)), ROWS_PER_MESSAGE):
                     yield pb.TailResponse(
-                        rows=[_row(request.tenant, r) for r in chunk],
+                        rows=shown[start : start + ROWS_PER_MESSAGE],
                         skipped=skipped if start == 0 else 0,
                     )
 

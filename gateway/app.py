@@ -19,6 +19,8 @@ from starlette.types import Receive, Scope, Send
 from . import __version__, metrics
 from .admin import AdminAPI, admin_app
 from .config import DEFAULT_TENANT, GatewayConfig
+from .early import EarlyRefusal
+from .guard import RefuseEarly
 from .health import GrpcHealth, Readiness
 from .http_ingress import OTLPHTTPEndpoint
 from .intake import Intake
@@ -29,6 +31,7 @@ from .rpc_ingress import RPCService
 from .signals import SIGNALS
 from .tail import TailHub
 from .tenants import Directory
+from .validate import Validation
 
 log = logging.getLogger("otlp_gateway")
 
@@ -67,6 +70,7 @@ class GatewayApp:
         self.pipeline = pipeline
         self.reloader = reloader
         self.tail = tail
+        self.refuse_early: RefuseEarly | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "lifespan" and self.admin_port is not None:
@@ -85,13 +89,18 @@ class GatewayApp:
 def create_app(config: GatewayConfig, server: str | None = None) -> GatewayApp:
     pipeline = Pipeline(config.backends, config.retry, config.worker)
     tail = TailHub()
-    intake = Intake(Directory(config), pipeline, tail)
+    validation = Validation(config.validate)
+    # a backend refusing a tenant's data as invalid makes its next requests validated in full
+    pipeline.on_invalid = validation.suspect
+    intake = Intake(Directory(config), pipeline, tail, validation)
     reloader = Reloader(config, intake, pipeline)
-    readiness = Readiness(pipeline.problems)
+    readiness = Readiness(pipeline.problems, pipeline.warnings)
     metrics.QUEUES.source = pipeline.queue_readings
     metrics.set_build_info(__version__, server or config.server)
 
-    inflight = InFlight(config.limits.max_inflight_bytes)  # one budget for every transport
+    # one budget for every transport, with a share per tenant and a pause limit per body
+    limits = config.limits
+    inflight = InFlight(limits.max_inflight_bytes, limits.inflight_share, limits.body_timeout)
     metrics.INFLIGHT_BYTES.set_function(lambda: inflight.bytes)
     routes: list[BaseRoute] = []
     for signal in SIGNALS:
@@ -144,7 +153,10 @@ def create_app(config: GatewayConfig, server: str | None = None) -> GatewayApp:
     main = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     api = AdminAPI(lambda: reloader.config, intake, pipeline, tail)
     admin = admin_app(api, readiness)
-    return GatewayApp(main, admin, admin_port(config), pipeline, reloader, tail)
+    gateway = GatewayApp(main, admin, admin_port(config), pipeline, reloader, tail)
+    # for the HTTP/2 server: refuses keyless OTLP streams before they cost an app task
+    gateway.refuse_early = EarlyRefusal(intake, admin_port(config))
+    return gateway
 
 
 def admin_port(config: GatewayConfig) -> int | None:

@@ -245,7 +245,13 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"otlp-gateway: cannot listen: {exc}", file=sys.stderr)
         return 1
-    return 0
+    # Everything acknowledged is delivered or on disk by now. Leave without the interpreter's
+    # finalization, as worker processes do: the export client's native threads can abort it
+    # (SIGABRT after a clean shutdown, now and then under load).
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

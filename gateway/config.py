@@ -13,6 +13,8 @@ from typing import Any
 import yaml
 
 from .limits import (
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_HEADER_TIMEOUT,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_INFLIGHT_BYTES,
     DEFAULT_MAX_REQUEST_BYTES,
@@ -22,7 +24,12 @@ from .limits import (
 PROTOCOLS = ("grpc", "http/protobuf", "http/json", "file")
 SIGNAL_NAMES = ("traces", "metrics", "logs", "profiles")
 KEY_PREFIX = "sha256:"
-_TENANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+# \Z, not $: `$` also matches before a trailing newline, which let "alpha\n" through.
+_TENANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
+# RFC 9110: a field name is a token; a value has no CR, LF, NUL or other controls but HTAB.
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+_HEADER_VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")  # shown escaped in messages
 COMPRESSIONS = ("none", "gzip")
 HTTP_CLIENTS = ("pyqwest", "httpx")
 DEFAULT_LISTEN = ("0.0.0.0:4317", "0.0.0.0:4318")
@@ -175,6 +182,8 @@ class GatewayConfig:
     admin: AdminConfig = AdminConfig()
     log: LogConfig = LogConfig()
     workers: int = 1  # processes serving the same ports (SO_REUSEPORT), each with its own queues
+    # whose requests get every item decoded before they are acknowledged (gateway/validate.py)
+    validate: str = "auto"
     worker: int | None = None  # this process's index, when workers > 1
     pinned: tuple[str, ...] = ()  # fields set on the command line: a reload keeps them
     source: str = "<defaults>"
@@ -229,7 +238,9 @@ class _Doc:
             parent = parent.rpartition(".")[0]
             line = self.lines.get(parent)
         where = f"{self.source}:{line}" if line else self.source
-        return ConfigError(f"{where}: {path or 'top level'}: {problem}")
+        # A key may hold a newline or an escape sequence: shown escaped, one message one line.
+        shown = _CONTROL.sub(lambda m: repr(m.group())[1:-1], path)
+        return ConfigError(f"{where}: {shown or 'top level'}: {problem}")
 
     def build(self, node: yaml.Node, path: str, loader: yaml.SafeLoader) -> Any:
         self.lines[path] = node.start_mark.line + 1
@@ -388,6 +399,26 @@ class _Section:
             out[k] = str(v)
         return out
 
+    def header_map(self, key: str) -> dict[str, str]:
+        """str_map for HTTP headers: names are tokens, values hold no CR, LF or other control
+        characters (also after ${ENV} substitution), so no header can be forged downstream."""
+        out = self.str_map(key)
+        for k, v in out.items():
+            if not _HEADER_NAME.match(k):
+                raise self.doc.error(
+                    f"{self._p(key)}.{k}",
+                    f"{k!r} is not a valid header name (letters, digits and !#$%&'*+.^_`|~-)",
+                )
+            bad = _HEADER_VALUE_BAD.search(v)
+            if bad is not None:
+                raise self.doc.error(
+                    f"{self._p(key)}.{k}",
+                    f"the value holds the control character {bad.group()!r} (at {bad.start()}); "
+                    "header values may not contain CR, LF or other control characters "
+                    "(check the environment variable it comes from)",
+                )
+        return out
+
 
 def _check_listen(top: _Section, addresses: tuple[str, ...]) -> None:
     for address in addresses:
@@ -463,7 +494,7 @@ def _backend(parent: _Section, name: str, queue_base: QueueConfig) -> BackendCon
         name=name,
         protocol=protocol,
         endpoint=endpoint,
-        headers=b.str_map("headers"),
+        headers=b.header_map("headers"),
         compression=b.text("compression", "none" if protocol == "file" else "gzip", COMPRESSIONS),
         compression_level=b.integer("compression_level", 1, minimum=1),
         timeout=b.duration("timeout", 10.0),
@@ -529,7 +560,10 @@ def _tenant(
 ) -> TenantConfig:
     t = parent.section(name)
     if not _TENANT_NAME.match(name):
-        raise t.error("", "tenant names are letters, digits, '.', '_' and '-' (at most 63)")
+        raise t.error(
+            "",
+            f"tenant names are letters, digits, '.', '_' and '-' (at most 63); got {name!r}",
+        )
     t.known(
         "api_keys",
         "backends",
@@ -589,6 +623,9 @@ def _tenant(
     )
 
 
+# validate: auto (tenants a backend refused data of, for a while), full (every request), wire (the
+# wire walk only)
+VALIDATE_MODES = ("auto", "full", "wire")
 _SPAN_KINDS = ("internal", "server", "client", "producer", "consumer", "unspecified")
 
 
@@ -659,6 +696,7 @@ def parse(
         "admin",
         "log",
         "workers",
+        "validate",
     )
     listen = top.str_list("listen", DEFAULT_LISTEN)
     if not listen:
@@ -666,11 +704,22 @@ def parse(
     _check_listen(top, listen)
 
     lim = top.section("limits")
-    lim.known("max_request_bytes", "max_body_bytes", "max_inflight_bytes")
+    lim.known(
+        "max_request_bytes",
+        "max_body_bytes",
+        "max_inflight_bytes",
+        "max_inflight_share",
+        "body_timeout",
+        "header_timeout",
+    )
+    max_inflight = lim.size("max_inflight_bytes", DEFAULT_MAX_INFLIGHT_BYTES)
     limits = Limits(
         max_request_bytes=lim.size("max_request_bytes", DEFAULT_MAX_REQUEST_BYTES),
         max_body_bytes=lim.size("max_body_bytes", DEFAULT_MAX_BODY_BYTES),
-        max_inflight_bytes=lim.size("max_inflight_bytes", DEFAULT_MAX_INFLIGHT_BYTES),
+        max_inflight_bytes=max_inflight,
+        max_inflight_share=_inflight_share(lim, max_inflight),
+        body_timeout=_positive_duration(lim, "body_timeout", DEFAULT_BODY_TIMEOUT),
+        header_timeout=_positive_duration(lim, "header_timeout", DEFAULT_HEADER_TIMEOUT),
     )
 
     backends_section = top.section("backends")
@@ -723,8 +772,32 @@ def parse(
         admin=_admin(top, listen),
         log=_log(top),
         workers=top.integer("workers", 1, minimum=1),
+        validate=top.text("validate", "auto", VALIDATE_MODES),
         source=source,
     )
+
+
+def _inflight_share(lim: _Section, max_inflight: int) -> int | None:
+    """limits.max_inflight_share: a fraction of max_inflight_bytes (0.25) or a size (64MiB)."""
+    value = lim.data.get("max_inflight_share")
+    if value is None:
+        return None
+    if isinstance(value, float) or (isinstance(value, int) and value == 1):
+        if not 0 < value <= 1 or isinstance(value, bool):
+            raise lim.error(
+                "max_inflight_share",
+                f"must be a fraction of max_inflight_bytes above 0 and at most 1 (such as 0.25) "
+                f"or a size (such as 64MiB), got {value!r}",
+            )
+        return max(1, int(max_inflight * value))
+    return lim.size("max_inflight_share", max_inflight)
+
+
+def _positive_duration(section: _Section, key: str, default: float) -> float:
+    value = section.duration(key, default)
+    if value <= 0:
+        raise section.error(key, f"must be a duration above 0 such as 30s, got {value!r}")
+    return value
 
 
 def _log(top: _Section) -> LogConfig:

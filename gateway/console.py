@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TextIO
 
 from connectrpc.errors import ConnectError
 
+from . import logs
 from ._gen.otlp_gateway.admin.v1 import admin_pb2 as pb
 from ._gen.otlp_gateway.admin.v1.admin_connect import AdminServiceClientSync
 from .config import DEFAULT_ADMIN_LISTEN
@@ -61,6 +65,23 @@ def _table(rows: list[list[str]], out: TextIO) -> None:
 _STATE = {pb.BACKEND_STATE_UP: "up", pb.BACKEND_STATE_RETRYING: "RETRYING"}
 
 
+def _readiness(url: str) -> dict[str, list[str]]:
+    """The /readyz verdict (no key needed): problems and warnings; empty when unreachable
+    (the admin API calls report that)."""
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/readyz", timeout=5) as r:
+            body = r.read()
+    except urllib.error.HTTPError as exc:  # 503 carries the verdict too
+        body = exc.read()
+    except (OSError, ValueError):
+        return {}
+    try:
+        verdict = json.loads(body)
+    except ValueError:
+        return {}
+    return verdict if isinstance(verdict, dict) else {}
+
+
 def status(url: str, key: str | None, out: TextIO = sys.stdout) -> int:
     client = _client(url)
     headers = _headers(key)
@@ -74,6 +95,13 @@ def status(url: str, key: str | None, out: TextIO = sys.stdout) -> int:
             file=sys.stderr,
         )
         return 1
+    verdict = _readiness(url)
+    for problem in verdict.get("problems") or []:
+        out.write(f"NOT READY: {problem}\n")
+    for warning in verdict.get("warnings") or []:
+        out.write(f"WARNING: {warning}\n")
+    if verdict.get("problems") or verdict.get("warnings"):
+        out.write("\n")
     rows = [["BACKEND", "QUEUE", "STATE", "BATCHES", "BYTES", "OLDEST", "EXPORTED", "DROPPED"]]
     for b in backends:
         for q in b.queues or [pb.Queue()]:
@@ -122,9 +150,12 @@ def status(url: str, key: str | None, out: TextIO = sys.stdout) -> int:
 def format_row(row: pb.AccessRow) -> str:
     seconds, nanos = divmod(row.time_unix_nano, 1_000_000_000)
     when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos // 1_000_000:03d}Z"
-    http = " ".join(x for x in (row.http_method, row.http_route, str(row.http_status or "")) if x)
+    # every field may hold what a client sent: escaped, so no escape sequence reaches the terminal
+    method, route = logs.escape(row.http_method), logs.escape(row.http_route)
+    http = " ".join(x for x in (method, route, str(row.http_status or "")) if x)
+    service = logs.escape(row.service)
     line = (
-        f"{when} {row.service} {row.kind:<8} {row.status:<5} {row.duration_ms:>9.1f}ms "
+        f"{when} {service} {row.kind:<8} {row.status:<5} {row.duration_ms:>9.1f}ms "
         f"{row.span_name!r}"
     )
     if http:
@@ -151,7 +182,9 @@ def tail(
         )
         for message in stream:
             if message.skipped:
-                out.write(f"... {message.skipped} spans skipped (reading too slowly)\n")
+                out.write(
+                    f"... {message.skipped} spans skipped (reading too slowly, or not decodable)\n"
+                )
             for row in message.rows:
                 out.write(format_row(row) + "\n")
                 printed += 1

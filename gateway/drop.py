@@ -8,6 +8,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from . import spans
 from .config import DropRule
 from .signals import Signal
 
@@ -73,24 +74,19 @@ class DropFilter:
         return signal.name in self._by_signal
 
     def apply(self, signal: Signal, payload: bytes) -> tuple[bytes, int]:
-        """Return the request without matching items, and how many were dropped."""
+        """Return the request without matching items, and how many were dropped; raises
+        spans.UndecodableError when the items cannot be decoded. Nested attribute values
+        (arrays, key-value lists) are never decoded, so any depth of them is fine, and they are
+        forwarded byte for byte."""
         predicates = self._by_signal.get(signal.name)
         if not predicates:
             return payload, 0
-        request: Any = signal.request_type.FromString(payload)
-        dropped = 0
-        if signal.name == "traces":
-            groups = [(r.resource, s.spans) for r in request.resource_spans for s in r.scope_spans]
-        else:
-            groups = [
-                (r.resource, s.log_records) for r in request.resource_logs for s in r.scope_logs
-            ]
-        for resource, items in groups:
-            resource_attrs = _attributes(resource.attributes)
-            for i in range(len(items) - 1, -1, -1):
-                if any(p(items[i], resource_attrs) for p in predicates):
-                    del items[i]
-                    dropped += 1
-        if not dropped:
-            return payload, 0
-        return request.SerializeToString(), dropped
+        current: list[Any] = [None, {}]  # the entry's Resource and its attributes, read once
+
+        def matches(item: Any, resource: Any) -> bool:
+            if current[0] is not resource:
+                current[0], current[1] = resource, _attributes(resource.attributes)
+            attrs: dict[str, str] = current[1]
+            return any(p(item, attrs) for p in predicates)
+
+        return spans.filter_items(payload, signal.name, matches)

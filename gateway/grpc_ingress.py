@@ -10,13 +10,14 @@ and gRPC with the JSON codec (rpc_ingress), which are rare and not performance-c
 from __future__ import annotations
 
 import base64
+import re
 from datetime import timedelta
 from urllib.parse import quote
 
 from google.rpc import error_details_pb2, status_pb2
 from starlette.types import Message, Receive, Scope, Send
 
-from . import limits
+from . import limits, offload
 from .errors import (
     GatewayError,
     GrpcCode,
@@ -24,7 +25,7 @@ from .errors import (
     RequestTooLarge,
     UnsupportedMediaType,
 )
-from .intake import Intake, count_items, text_headers
+from .intake import Intake, count_items, count_items_off_loop, text_headers
 from .signals import Signal
 from .tenants import Tenant
 
@@ -32,12 +33,32 @@ PROTO_TYPES = frozenset({b"application/grpc", b"application/grpc+proto"})
 _ENCODINGS = {"identity": "", "gzip": "gzip", "deflate": "deflate", "zstd": "zstd"}
 _ACCEPT = b"gzip,deflate,zstd,identity"
 _PREFIX = 5  # compressed flag (1 byte) + message length (4 bytes, big-endian)
+# gRPC: at most 8 ASCII digits and a unit; Connect: at most 10 digits (milliseconds).
+_TIMEOUTS = {
+    "grpc-timeout": (re.compile(r"[0-9]{1,8}[HMSmun]\Z"), "1 to 8 digits and a unit (H M S m u n)"),
+    "connect-timeout-ms": (re.compile(r"[0-9]{1,10}\Z"), "1 to 10 digits (milliseconds)"),
+}
 
 
-class _Unimplemented(GatewayError):
+def timeout_problem(headers: dict[str, str]) -> InvalidRequest | None:
+    """The refusal for a malformed grpc-timeout or connect-timeout-ms header, if there is one."""
+    for name, (pattern, form) in _TIMEOUTS.items():
+        value = headers.get(name)
+        if value is not None and not pattern.match(value):
+            return InvalidRequest(f"{name} {value[:64]!r} is not a valid timeout: send {form}")
+    return None
+
+
+class Unimplemented(GatewayError):
     http_status = 415
     grpc_code = GrpcCode.UNIMPLEMENTED
     reason = "unsupported_media_type"
+
+
+class _MethodNotAllowed(GatewayError):
+    http_status = 405
+    grpc_code = GrpcCode.UNIMPLEMENTED
+    reason = "method_not_allowed"
 
 
 class _ProtocolError(GatewayError):
@@ -82,15 +103,23 @@ class GrpcExport:
     async def _handle(self, scope: Scope, headers: dict[str, str], receive: Receive) -> None:
         length = headers.get("content-length", "")
         try:
+            if scope["method"] != "POST":  # gRPC is POST only
+                raise _MethodNotAllowed(
+                    f"{scope['method'][:32]!r} is not allowed; gRPC calls are POST"
+                )
             if not scope["path"].endswith("/Export"):
-                raise _Unimplemented(f"{scope['path']} is not a method of {self.signal.service}")
+                raise Unimplemented(f"{scope['path']} is not a method of {self.signal.service}")
             encoding = _ENCODINGS.get(headers.get("grpc-encoding", "identity").strip().lower())
             if encoding is None:
-                raise _Unimplemented(
+                raise Unimplemented(
                     f"grpc-encoding {headers['grpc-encoding']!r} is not "
                     f"supported; use gzip, deflate, zstd or identity"
                 )
             tenant = self._intake.admit(self.signal, headers, self._inflight)
+            bad_timeout = timeout_problem(headers)
+            if bad_timeout is not None:
+                bad_timeout.tenant = tenant.name
+                raise bad_timeout
         except GatewayError:
             # Read the body away first: answering while the client still sends resets the
             # stream, and gRPC clients then see INTERNAL instead of our status.
@@ -111,11 +140,14 @@ class GrpcExport:
                 raise RequestTooLarge(str(exc)) from None
             except limits.ClientGone as exc:
                 raise InvalidRequest(str(exc)) from None
-            data = self._message(body, encoding)
-            items = count_items(self.signal, data, "message")
+            data = await self._message(body, encoding)
+            if len(data) < offload.PROCESS_MIN_BYTES:
+                items = count_items(self.signal, data, "message")
+            else:
+                items = await count_items_off_loop(self.signal, data, "message")
             await self._intake.accept(self.signal, data, items, tenant, "grpc")
 
-    def _message(self, body: bytes, encoding: str) -> bytes:
+    async def _message(self, body: bytes, encoding: str) -> bytes:
         try:
             flag, data = unframe(body)
         except ValueError as exc:
@@ -128,8 +160,11 @@ class GrpcExport:
             return data
         if flag != 1 or not encoding:
             raise _ProtocolError("the message is flagged compressed but grpc-encoding is not set")
+        cap = self._limits.max_request_bytes
         try:
-            return limits.decompress(encoding, data, self._limits.max_request_bytes)
+            if limits.slow_to_decompress(encoding):
+                return await offload.run(limits.decompress, encoding, data, cap)
+            return limits.decompress(encoding, data, cap)
         except limits.TooLarge as exc:
             raise RequestTooLarge(str(exc)) from None
         except limits.BadEncoding as exc:

@@ -26,20 +26,38 @@ _CACHE_SECONDS = 1.0  # probes may be frequent; the storage check writes and syn
 Problems = Callable[[], Awaitable[list[str]]]
 
 
-class Readiness:
-    """The readiness verdict, computed at most once a second."""
+async def _none() -> list[str]:
+    return []
 
-    def __init__(self, problems: Problems) -> None:
+
+class Readiness:
+    """The readiness verdict, computed at most once a second: problems (not ready: 503,
+    NOT_SERVING) and warnings (ready, but something needs the operator: queue records in
+    quarantine). A warning does not make the gateway unready: it takes and delivers data, and
+    taking it out of a load balancer would not bring the quarantined data back, only turn one bad
+    record into an outage of the replica."""
+
+    def __init__(self, problems: Problems, warnings: Problems = _none) -> None:
         self._problems = problems
+        self._warnings = warnings
         self._at = -_CACHE_SECONDS
         self._last: list[str] = []
+        self._last_warnings: list[str] = []
 
-    async def problems(self) -> list[str]:
+    async def _refresh(self) -> None:
         now = time.monotonic()
         if now - self._at >= _CACHE_SECONDS:
             self._last = await self._problems()
+            self._last_warnings = await self._warnings()
             self._at = time.monotonic()
+
+    async def problems(self) -> list[str]:
+        await self._refresh()
         return self._last
+
+    async def warnings(self) -> list[str]:
+        await self._refresh()
+        return self._last_warnings
 
 
 async def _plain(send: Send, status: int, body: bytes, content_type: bytes) -> None:
@@ -70,7 +88,11 @@ class ReadyzEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         problems = await self._readiness.problems()
-        body = json.dumps({"ready": not problems, "problems": problems}).encode() + b"\n"
+        warnings = await self._readiness.warnings()
+        verdict: dict[str, object] = {"ready": not problems, "problems": problems}
+        if warnings:  # only when there are: the answer of a healthy gateway stays as it was
+            verdict["warnings"] = warnings
+        body = json.dumps(verdict).encode() + b"\n"
         await _plain(send, 503 if problems else 200, body, b"application/json")
 
 

@@ -9,17 +9,38 @@ from collections.abc import Iterable, Mapping
 
 from prometheus_client import Counter
 
-from . import limits, metrics, recent, wire
+from . import background, limits, metrics, offload, recent, wire
 from .batch import Batch
-from .errors import GatewayError, InvalidRequest, Throttled
+from .errors import GatewayError, InvalidRequest, Throttled, Unavailable
+from .guard import LogThrottle
 from .pipeline import Pipeline
 from .signals import TRACES, Signal
 from .tail import TailHub
 from .tenants import Directory, Tenant
+from .validate import Malformed, Validation
 
 log = logging.getLogger("otlp_gateway.intake")
 
 _AUTH = frozenset({"unauthenticated", "permission_denied"})
+
+
+def _refusals_left_out(key: tuple[str, str], count: int, interval: float) -> None:
+    reason, tenant = key
+    log.info(
+        "refused %d more requests (%s, tenant %s) in the last %.0fs",
+        count,
+        reason,
+        tenant,
+        interval,
+        extra={
+            "fields": {"event": "refused", "tenant": tenant, "reason": reason, "suppressed": count}
+        },
+    )
+
+
+# A client that sends refused request after request (a wrong key in a loop, a reconnecting
+# attacker) would otherwise write a line per request.
+_REFUSAL_LOG = LogThrottle[tuple[str, str]](_refusals_left_out)
 
 
 def text_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
@@ -33,9 +54,24 @@ def count_items(signal: Signal, data: bytes, what: str = "body") -> int:
     try:
         return wire.count_items(signal, data)
     except wire.WireError as exc:
-        raise InvalidRequest(
-            f"the {what} is not a valid protobuf {signal.request_type.__name__} ({exc})"
-        ) from None
+        raise not_a_request(signal, what, exc) from None
+
+
+async def count_items_off_loop(signal: Signal, data: bytes, what: str = "body") -> int:
+    """count_items for a body of offload.PROCESS_MIN_BYTES or more: counted in the decode
+    worker process (upb holds the GIL while it parses, ~20 ms per MiB of tiny entries)."""
+    try:
+        return await offload.count_items(signal, data)
+    except wire.WireError as exc:
+        raise not_a_request(signal, what, exc) from None
+    except offload.WorkerLost as exc:
+        raise Unavailable(f"{exc}; retry", retry_after=1.0) from None
+
+
+def not_a_request(signal: Signal, what: str, exc: Exception) -> InvalidRequest:
+    return InvalidRequest(
+        f"the {what} is not a valid protobuf {signal.request_type.__name__} ({exc})"
+    )
 
 
 class _Counts:
@@ -54,9 +90,15 @@ class _Counts:
 
 class Intake:
     def __init__(
-        self, directory: Directory, pipeline: Pipeline, tail: TailHub | None = None
+        self,
+        directory: Directory,
+        pipeline: Pipeline,
+        tail: TailHub | None = None,
+        validation: Validation | None = None,
     ) -> None:
         self.directory = directory  # replaced whole on a config reload
+        # which tenants' requests get every item decoded before they are acknowledged
+        self.validation = validation if validation is not None else Validation("wire")
         self._pipeline = pipeline
         self.tail = tail if tail is not None else TailHub()
         self._counts: dict[tuple[str, str, str], _Counts] = {}
@@ -71,6 +113,14 @@ class Intake:
             busy = Throttled(inflight.busy_message(), retry_after=1.0, reason="busy")
             busy.tenant = tenant.name
             raise busy
+        if not self.directory.open:
+            # A tenant past its share of the budget waits; the others are still served.
+            if inflight.over_share(tenant.name):
+                message = inflight.share_message(tenant.name)
+                busy = Throttled(message, retry_after=1.0, reason="busy")
+                busy.tenant = tenant.name
+                raise busy
+            inflight.charge_to(tenant.name)
         return tenant
 
     def _counters(self, tenant: str, signal: str, transport: str) -> _Counts:
@@ -89,7 +139,9 @@ class Intake:
         counts.received_items.inc(items)
         counts.received_bytes.inc(len(payload))
         try:
-            forwarded, kept = tenant.prepare(signal, payload, items)
+            if self.validation.wanted(name):
+                await self._validate(signal, payload)
+            forwarded, kept = await tenant.prepare(signal, payload, items)
             if kept < items:
                 metrics.DROPPED_ITEMS.labels(name, signal.name, "", "drop_rule").inc(items - kept)
             await self._pipeline.submit(
@@ -99,21 +151,41 @@ class Intake:
             error.tenant = name
             metrics.REFUSED_ITEMS.labels(name, signal.name, transport, error.reason).inc(items)
             raise
+        # Queued: from here on nothing may fail the request (a client retry would duplicate
+        # what is queued). RED metrics and the tail decode on a worker thread, later.
         counts.accepted.inc()
         counts.accepted_items.inc(kept)
         counts.accepted_bytes.inc(len(forwarded))
         if signal is TRACES and kept:
-            if tenant.red is not None:
-                tenant.red.observe(forwarded)
-            if self.tail.watching(name):
-                self.tail.publish(name, forwarded, kept)
+            try:
+                if tenant.red is not None:
+                    if len(forwarded) <= background.INLINE_BYTES:
+                        tenant.red.observe(forwarded)  # ~1 ms at most: not worth a thread
+                    else:
+                        background.SPANS.later(len(forwarded), tenant.red.observe, forwarded)
+                if self.tail.watching(name):
+                    self.tail.publish(name, forwarded, kept)
+            except Exception:  # a bug here must not turn an accepted request into a 500
+                log.exception("span analysis of an accepted request failed")
+
+    @staticmethod
+    async def _validate(signal: Signal, payload: bytes) -> None:
+        try:
+            await offload.validate(signal, payload)
+        except Malformed as exc:
+            raise InvalidRequest(str(exc)) from None
+        except offload.WorkerLost as exc:
+            raise Unavailable(f"{exc}; retry", retry_after=1.0) from None
 
     def refused(self, signal: Signal, transport: str, error: GatewayError) -> None:
-        """Count and log a refused request (one log line each; never the key)."""
+        """Count every refused request; log it (never the key), but at most one line per
+        (reason, tenant) and interval, and then one with the count of those left out."""
         tenant = error.tenant or metrics.UNKNOWN_TENANT
         metrics.REQUESTS.labels(tenant, signal.name, transport, error.reason).inc()
         if error.reason in _AUTH:
             metrics.AUTH_FAILURES.labels(transport, error.reason).inc()
+        if not _REFUSAL_LOG.admit((error.reason, tenant)):
+            return
         recent.note(
             "refused",
             f"{error.http_status} {error.reason}: {error.message}",

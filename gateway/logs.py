@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from typing import Any
 
@@ -32,15 +33,44 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+# C0 and C1 controls, DEL, and the Unicode line and paragraph separators: a value holding one
+# could end a text log line and forge the next, or rewrite a terminal (ESC).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_char(m: re.Match[str]) -> str:
+    c = m.group()
+    return _ESCAPES.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+
+
+def escape(value: object) -> str:
+    """`value` as text on one line: control characters as \\n, \\r, \\t, \\xNN, \\uNNNN."""
+    text = value if isinstance(value, str) else str(value)
+    return _CONTROL.sub(_escape_char, text) if _CONTROL.search(text) else text
+
+
 class TextFormatter(logging.Formatter):
+    """One record, one line: the message and every field value are escaped (they may hold what
+    a client sent); only a traceback, appended by the logging module, spans lines."""
+
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        message = record.message
+        # A trailing newline (uvicorn's "Exception in ASGI application\n") ends the line anyway.
+        record.message = escape(message.rstrip("\r\n"))
+        try:
+            return super().formatMessage(record)
+        finally:
+            record.message = message
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict) and fields:
-            line += " " + " ".join(f"{k}={v}" for k, v in fields.items())
+            line += " " + " ".join(f"{escape(k)}={escape(v)}" for k, v in fields.items())
         return line
 
 

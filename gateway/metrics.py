@@ -83,6 +83,25 @@ INFLIGHT_BYTES = Gauge(
     registry=REGISTRY,
 )
 
+# -- connections --------------------------------------------------------------------------------
+
+CONNECTIONS_ENDED = Counter(
+    _P + "connections_ended",
+    "Connections the gateway ended or refused to protect other clients, by reason: "
+    "stream_churn (a connection's reset budget), peer_churn (a peer address's budget, new "
+    "connections included), write_backlog (a client that does not read), header_timeout, "
+    "body_timeout.",
+    ["reason"],
+    registry=REGISTRY,
+)
+ADMIN_AUTH_FAILURES = Counter(
+    _P + "admin_auth_failures",
+    "Admin API calls refused: unauthenticated (missing or wrong admin key) or locked_out (too "
+    "many recent failures from the peer address; answered 429 without checking the key).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+
 # -- export -------------------------------------------------------------------------------------
 
 EXPORTED_ITEMS = Counter(
@@ -120,6 +139,13 @@ DROPPED_ITEMS = Counter(
     "Items dropped after they were accepted, by reason: drop_rule (tenant or global drop "
     "rules, backend empty), permanent_error, retries_exhausted, shutdown, unexpected.",
     ["tenant", "signal", "backend", "reason"],
+    registry=REGISTRY,
+)
+WORKER_ERRORS = Counter(
+    _P + "export_worker_errors",
+    "Unexpected errors in a backend's export workers (a bug): the worker logs it, sets the "
+    "batch aside (a durable queue's quarantine, else dropped as unexpected) and goes on.",
+    ["backend"],
     registry=REGISTRY,
 )
 EXPORT_SECONDS = Histogram(
@@ -172,6 +198,23 @@ RED_SECONDS = Histogram(
     registry=REGISTRY,
 )
 
+# -- span analysis after the acknowledgement (gateway/background.py) ----------------------------
+
+BACKGROUND_SKIPPED = Counter(
+    _P + "background_skipped",
+    "Accepted requests whose RED metrics or live-tail rows were skipped because too many bytes "
+    "were already waiting for the analysis thread, by pool.",
+    ["pool"],
+    registry=REGISTRY,
+)
+SPANS_UNDECODABLE = Counter(
+    _P + "spans_undecodable",
+    "Accepted trace requests whose spans RED metrics or the live tail could not decode "
+    "(corrupt items, strings that are not UTF-8) and so left out, by feature.",
+    ["feature"],
+    registry=REGISTRY,
+)
+
 
 def set_build_info(version: str, server: str) -> None:
     BUILD_INFO.clear()
@@ -189,6 +232,7 @@ class QueueReading:
     bytes: int
     max_bytes: int
     oldest_age: float
+    quarantined: int = 0  # durable queue records kept in quarantine/ (not delivered)
 
 
 class _QueueCollector(Collector):
@@ -211,13 +255,21 @@ class _QueueCollector(Collector):
             "Seconds since the oldest batch not yet delivered was queued (0 when empty).",
             labels=labels,
         )
+        quarantined = GaugeMetricFamily(
+            _P + "queue_quarantined_records",
+            "Records of a durable queue kept in its quarantine/ directory: data that could not "
+            "be delivered (it does not decode, or its delivery failed unexpectedly), for the "
+            "operator to look at and delete. Counted on disk, so it survives restarts.",
+            labels=labels,
+        )
         for r in self.source():
             values = [r.backend, r.tenant]
             depth.add_metric(values, r.batches)
             size.add_metric(values, r.bytes)
             cap.add_metric(values, r.max_bytes)
             age.add_metric(values, r.oldest_age)
-        yield from (depth, size, cap, age)
+            quarantined.add_metric(values, r.quarantined)
+        yield from (depth, size, cap, age, quarantined)
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
         return iter(())  # read per scrape; nothing to check at registration

@@ -22,22 +22,63 @@ from .signals import Signal
 _ID_KEYS = frozenset({"traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id"})
 
 
+# Deepest JSON nesting (objects and arrays) accepted. json_format parses recursively, a few Python
+# frames per level, so a document nested ~1000 deep ended in RecursionError (a 500). Protobuf
+# itself refuses messages nested deeper than 100 (an AnyValue holds ~31 kvlist or ~48 array levels
+# before that), and each message level is at most two JSON levels (an object in an array), so 200
+# refuses nothing protobuf would accept.
+MAX_JSON_DEPTH = 200
+
+
 class OTLPJSONError(ValueError):
     """The body is not a valid OTLP/JSON export request."""
 
 
-def _map_ids(node: Any, convert: Callable[[str, str], str]) -> None:
-    """Replace every id string in a decoded JSON document by convert(key, value), in place."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key in _ID_KEYS and isinstance(value, str):
-                node[key] = convert(key, value)
-            elif isinstance(value, (dict, list)):
-                _map_ids(value, convert)
-    elif isinstance(node, list):
-        for value in node:
-            if isinstance(value, (dict, list)):
-                _map_ids(value, convert)
+def _too_deep() -> OTLPJSONError:
+    return OTLPJSONError(
+        f"the JSON is nested deeper than {MAX_JSON_DEPTH} levels; OTLP needs far fewer "
+        "(flatten deeply nested attribute values)"
+    )
+
+
+def loads(body: bytes | bytearray | memoryview) -> Any:
+    """json.loads with the nesting bounded: OTLPJSONError for invalid JSON or nesting deeper than
+    MAX_JSON_DEPTH. json.loads itself stops at the interpreter's recursion limit (~1000 levels)
+    with a RecursionError; everything shallower is measured by an iterative walk of the result,
+    before anything recursive (json_format) sees it."""
+    doc = _parse(body)
+    _map_ids(doc, None)
+    return doc
+
+
+def _parse(body: bytes | bytearray | memoryview) -> Any:
+    try:
+        return json.loads(bytes(body))
+    except RecursionError:
+        raise _too_deep() from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise OTLPJSONError(f"body is not valid JSON: {exc}") from None
+
+
+def _map_ids(node: Any, convert: Callable[[str, str], str] | None) -> None:
+    """Replace every id string in a decoded JSON document by convert(key, value), in place (with
+    None: only check the depth). Iterative, and refuses nesting deeper than MAX_JSON_DEPTH."""
+    stack: list[tuple[Any, int]] = [(node, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise _too_deep()
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if isinstance(value, str):
+                    if convert is not None and key in _ID_KEYS:
+                        node[key] = convert(key, value)
+                elif isinstance(value, (dict, list)):
+                    stack.append((value, depth + 1))
+        elif isinstance(node, list):
+            for value in node:
+                if isinstance(value, (dict, list)):
+                    stack.append((value, depth + 1))
 
 
 def _hex_to_base64(key: str, value: str) -> str:
@@ -55,18 +96,37 @@ def json_to_proto(signal: Signal, body: bytes) -> bytes:
     """Parse an OTLP/JSON export request and return it as protobuf bytes."""
     if not body.strip():
         return b""
-    try:
-        doc = json.loads(body)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise OTLPJSONError(f"body is not valid JSON: {exc}") from None
+    doc = _parse(body)
     if not isinstance(doc, dict):
         raise OTLPJSONError("body must be a JSON object")
     _map_ids(doc, _hex_to_base64)
     message = signal.request_type()
     try:
         json_format.ParseDict(doc, message, ignore_unknown_fields=True)
-    except (json_format.ParseError, ValueError, TypeError, DecodeError, binascii.Error) as exc:
+    except (
+        json_format.ParseError,
+        ValueError,
+        TypeError,
+        DecodeError,
+        binascii.Error,
+        RecursionError,
+    ) as exc:
         raise OTLPJSONError(f"not a valid OTLP/JSON {signal.name} request: {exc}") from None
+    return message.SerializeToString()
+
+
+def canonical_json_to_proto(signal: Signal, body: bytes | bytearray | memoryview) -> bytes:
+    """Parse an export request in protobuf's canonical JSON (base64 ids: Connect and gRPC with
+    the JSON codec) and return it as protobuf bytes; unknown fields are ignored as OTLP asks."""
+    message = signal.request_type()
+    try:
+        json_format.ParseDict(loads(body), message, ignore_unknown_fields=True)
+    except (json_format.ParseError, ValueError, TypeError, RecursionError) as exc:
+        if isinstance(exc, OTLPJSONError):
+            raise
+        raise OTLPJSONError(
+            f"the body is not valid JSON for {message.DESCRIPTOR.name}: {exc}"
+        ) from None
     return message.SerializeToString()
 
 

@@ -20,7 +20,7 @@ import random
 import re
 import time
 from collections import deque
-from collections.abc import Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,7 +31,7 @@ from .errors import Throttled, Unavailable
 from .exporters import Exporter, ExportError, create_exporter
 from .queues import DurableQueue, MemoryQueue, Queue
 from .signals import SIGNALS
-from .spool import SpoolError, SpoolFull
+from .spool import SpoolClosed, SpoolError, SpoolFull
 
 log = logging.getLogger("otlp_gateway.pipeline")
 
@@ -62,6 +62,65 @@ def make_queue(config: BackendConfig, tenant: str | None, worker: int | None = N
 
 def _piece(batch: Batch, payload: bytes) -> Batch:
     return Batch(batch.signal, payload, wire.count_items(batch.signal, payload), batch.tenant)
+
+
+def _merged(parts: list[Batch]) -> Batch:
+    """What the requests `parts` hold, to count them as dropped (the payload is left out)."""
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    return Batch(first.signal, b"", sum(p.items for p in parts), first.tenant)
+
+
+# Splitting a request of this size or more at the wire level takes milliseconds (80 ms for a
+# 16 MiB request of one resource): done in a worker thread, off the event loop.
+_SPLIT_OFF_LOOP_BYTES = 1024 * 1024
+
+
+async def _halves_off_loop(parts: list[Batch]) -> tuple[list[Batch], list[Batch]] | None:
+    if len(parts) == 1 and len(parts[0].payload) >= _SPLIT_OFF_LOOP_BYTES:
+        return await asyncio.to_thread(_halves, parts)
+    return _halves(parts)
+
+
+def _halves(parts: list[Batch]) -> tuple[list[Batch], list[Batch]] | None:
+    """Two halves of a group of requests: the requests split in two by size, or a single
+    request split at the wire level (gateway/split.py). None for a single item, or a request
+    the splitter cannot read."""
+    if len(parts) > 1:
+        total = sum(len(p.payload) for p in parts)
+        acc, cut = 0, 1
+        for i, p in enumerate(parts[:-1], 1):
+            acc += len(p.payload)
+            cut = i
+            if acc * 2 >= total:
+                break
+        return parts[:cut], parts[cut:]
+    batch = parts[0]
+    try:
+        pair = split.halves(batch.signal, batch.payload)
+        if pair is None:
+            return None
+        return [_piece(batch, pair[0])], [_piece(batch, pair[1])]
+    except wire.WireError:
+        return None
+
+
+class _Done:
+    """Delivered, or dropped (counted and logged)."""
+
+
+class _TooLarge:
+    """Refused as too large (413): the caller sends it in smaller parts."""
+
+
+_DELIVERED, _DROPPED, _TOO_LARGE = _Done(), _Done(), _TooLarge()
+_Outcome = _Done | _TooLarge | ExportError  # an ExportError: refused as invalid
+
+# How far _isolate bisects a batch refused as invalid: levels in a row in which the backend took
+# no part (it refuses everything: 1 + 2 + 4 + 8 attempts), and attempts in all.
+STALLED_LEVELS = 3
+MAX_ISOLATE_ATTEMPTS = 64
 
 
 class MergeMemo:
@@ -109,9 +168,12 @@ class Destination:
         retry: RetryConfig,
         queue: Queue,
         merges: MergeMemo | None = None,
+        on_invalid: Callable[[str], None] | None = None,
     ) -> None:
         self.name = name
         self._merges = merges or MergeMemo()
+        # told the tenant whose data the backend refused as invalid (gateway/validate.py)
+        self._on_invalid = on_invalid
         self.config = config
         self.retry = retry
         self.queue = queue
@@ -140,78 +202,199 @@ class Destination:
         return self._mode == "retire" or (self._mode == "drain" and self.queue.depth == 0)
 
     async def _work(self) -> None:
+        """A worker: take, merge, deliver, acknowledge, until stopped. It survives anything one
+        batch does: an exception is logged and counted, the batch is put aside (a durable
+        queue's quarantine) and the worker goes on with the next."""
         me = asyncio.current_task()
-        carry: tuple[int, Batch] | None = None
+        carry: list[tuple[int, Batch]] = []
         while True:
-            if carry is not None:
-                token, batch = carry
-                carry = None
-            else:
-                if self._should_stop():
+            try:
+                if not await self._step(me, carry):
                     return
-                self._idle.add(me)
-                try:
-                    token, batch = await self.queue.get()
-                finally:
-                    self._idle.discard(me)
-                self._in_hand_items += batch.items
-            # Merge what is already queued for the same signal and tenant (concatenated export
-            # requests are one valid request); never wait for more, so no latency is added.
-            tokens, parts, size = [token], [batch], len(batch.payload)
-            while size < self.config.batch_max_bytes:
-                nxt = self.queue.get_nowait()
-                if nxt is None:
-                    break
-                b = nxt[1]
-                self._in_hand_items += b.items
-                if (
-                    b.signal is batch.signal
-                    and b.tenant == batch.tenant
-                    and size + len(b.payload) <= self.config.batch_max_bytes
-                ):
-                    tokens.append(nxt[0])
-                    parts.append(b)
-                    size += len(b.payload)
-                else:
-                    carry = nxt
-                    break
+            except SpoolClosed:
+                return
+            except Exception as exc:  # a bug must not stop this destination
+                metrics.WORKER_ERRORS.labels(self.config.name).inc()
+                log.exception(
+                    "backend %s: unexpected error in an export worker, going on: %r", self.name, exc
+                )
+                self._failed_unexpectedly(f"unexpected error in an export worker: {exc!r}")
+                await asyncio.sleep(0.1)  # should the error repeat, do not spin
+
+    def _failed_unexpectedly(self, message: str) -> None:
+        self.last_error = message
+        self.last_error_time = time.time()
+        recent.note("export", message, backend=self.config.name)
+
+    def _set_aside(self, tokens: list[int], parts: list[Batch], exc: BaseException) -> None:
+        """Batches whose delivery raised: a durable queue keeps them in its quarantine, a memory
+        queue cannot (dropped, counted as unexpected)."""
+        reason = f"its delivery failed unexpectedly ({exc!r})"
+        for token, part in zip(tokens, parts, strict=True):
+            self.queue.quarantine(token, reason, part)
+            self._in_hand_items -= part.items
+            if not self.queue.durable:
+                self._drop(part, "unexpected", f"unexpected error: {exc!r}")
+
+    async def _step(self, me: asyncio.Task[None] | None, carry: list[tuple[int, Batch]]) -> bool:
+        """Take a batch (and what merges with it), deliver, acknowledge. False: stop."""
+        if carry:
+            token, batch = carry.pop()
+        else:
+            if self._should_stop():
+                return False
+            self._idle.add(me)
+            try:
+                token, batch = await self.queue.get()
+            finally:
+                self._idle.discard(me)
+            self._in_hand_items += batch.items
+        # Merge what is already queued for the same signal and tenant (concatenated export
+        # requests are one valid request); never wait for more, so no latency is added.
+        tokens, parts, size = [token], [batch], len(batch.payload)
+        while size < self.config.batch_max_bytes:
+            nxt = self.queue.get_nowait()
+            if nxt is None:
+                break
+            b = nxt[1]
+            self._in_hand_items += b.items
+            if (
+                b.signal is batch.signal
+                and b.tenant == batch.tenant
+                and size + len(b.payload) <= self.config.batch_max_bytes
+            ):
+                tokens.append(nxt[0])
+                parts.append(b)
+                size += len(b.payload)
+            else:
+                carry.append(nxt)
+                break
+        try:
             await self._deliver_parts(parts)
-            for t, part in zip(tokens, parts, strict=True):
-                self.queue.ack(t)  # only now: a cancelled delivery stays queued (on disk)
-                self._in_hand_items -= part.items
+        except Exception as exc:
+            self._set_aside(tokens, parts, exc)
+            raise
+        for t, part in zip(tokens, parts, strict=True):
+            self.queue.ack(t)  # only now: a cancelled delivery stays queued (on disk)
+            self._in_hand_items -= part.items
+        return True
 
     async def _deliver_parts(self, parts: list[Batch]) -> None:
         first = parts[0]
-        if len(parts) == 1:
-            if len(first.payload) > self.config.batch_max_bytes:
-                # one request over the backend's batch size: send it in pieces
-                for piece in split.split(first.signal, first.payload, self.config.batch_max_bytes):
-                    await self._deliver_splitting(_piece(first, piece))
-            else:
-                await self._deliver_splitting(first)
-            return
-        merged = self._merges.merge(parts)
-        if await self._deliver(merged, last=False):
-            for part in parts:  # refused as too large: send the requests it was made of
-                await self._deliver_splitting(part)
-
-    async def _deliver_splitting(self, batch: Batch) -> None:
-        """Deliver; when the backend answers 413 (too large), send the batch in halves."""
-        if not await self._deliver(batch, last=False):
-            return
-        pair = split.halves(batch.signal, batch.payload)
-        if pair is None:  # a single item the backend will not take
-            self._drop(
-                batch, "too_large", "the backend refuses it as too large, and it holds one item"
+        if len(parts) == 1 and len(first.payload) > self.config.batch_max_bytes:
+            # one request over the backend's batch size: send it in pieces (split off the
+            # event loop: milliseconds for a request of several MiB)
+            pieces = await asyncio.to_thread(
+                split.split, first.signal, first.payload, self.config.batch_max_bytes
             )
+            for piece in pieces:
+                await self._deliver_group([_piece(first, piece)])
             return
-        for half in pair:
-            await self._deliver_splitting(_piece(batch, half))
+        await self._deliver_group(parts)
 
-    async def _deliver(self, batch: Batch, *, last: bool) -> bool:
-        """Deliver with the OTLP retry rules. Returns True when the backend refused the batch as
-        too large and `last` is False (the caller splits it); otherwise it is delivered or
-        dropped (counted and logged)."""
+    async def _deliver_group(self, parts: list[Batch]) -> None:
+        """Deliver the requests `parts` as one batch. Refused as too large (413): send the
+        requests it was made of, a single one in halves. Refused as invalid (400): find and
+        drop what the backend refuses on its own, deliver the rest (_isolate)."""
+        batch = parts[0] if len(parts) == 1 else self._merges.merge(parts)
+        outcome = await self._deliver(batch)
+        if outcome is _TOO_LARGE:
+            if len(parts) > 1:
+                for part in parts:
+                    await self._deliver_group([part])
+                return
+            pair = await _halves_off_loop([batch])
+            if pair is None:  # a single item the backend will not take
+                self._drop(
+                    batch,
+                    "too_large",
+                    "the backend refuses it as too large, and it holds one item",
+                )
+                return
+            for half in pair:
+                await self._deliver_group(half)
+        elif isinstance(outcome, ExportError):
+            await self._isolate(parts, batch, outcome)
+
+    async def _isolate(self, parts: list[Batch], batch: Batch, refusal: ExportError) -> None:
+        """The backend refused `batch` (made of `parts`) as invalid: one bad request or item
+        must not cost the good ones merged with it. Bisect, level by level: first along the
+        requests that were merged, then inside a request with the wire-level splitter down to
+        single items; halves the backend takes are delivered, refused ones are halved again,
+        a refused single item is dropped. One bad item costs about 2 log2(n) attempts. A
+        backend that refuses everything is given up on after STALLED_LEVELS levels in which
+        nothing was taken (15 attempts), or MAX_ISOLATE_ATTEMPTS in all; what is left then is
+        dropped. Ends with one log line."""
+        level = [parts]
+        attempts = 1
+        stalled = 0
+        delivered_items = 0
+        dropped: list[Batch] = []
+        gave_up = False
+        while level:
+            refused: list[list[Batch]] = []
+            took = False
+            for group in level:
+                pair = await _halves_off_loop(group)
+                if pair is None:  # a single item: the backend refuses it on its own
+                    dropped.append(_merged(group))
+                    continue
+                for half in pair:
+                    if attempts >= MAX_ISOLATE_ATTEMPTS:
+                        gave_up = True
+                        dropped.append(_merged(half))
+                        continue
+                    attempts += 1
+                    part = half[0] if len(half) == 1 else self._merges.merge(half)
+                    outcome = await self._deliver(part)
+                    if outcome is _DELIVERED:
+                        delivered_items += part.items
+                        took = True
+                    elif outcome is _TOO_LARGE:
+                        await self._deliver_group(half)  # smaller parts still fit
+                        took = True
+                    else:
+                        refused.append(half)
+            stalled = 0 if took else stalled + 1
+            if stalled >= STALLED_LEVELS or attempts >= MAX_ISOLATE_ATTEMPTS:
+                gave_up = gave_up or bool(refused)
+                dropped.extend(_merged(g) for g in refused)
+                break
+            level = refused
+        items = 0
+        for d in dropped:
+            items += d.items
+            self._count_drop(d, "permanent_error")
+        reason = (
+            f"permanent error: {refusal}; the backend refused a batch of {batch.items} "
+            f"{batch.signal.item_name} ({len(parts)} requests) as invalid, so it was split: "
+            f"{delivered_items} delivered, {items} in {len(dropped)} parts refused on their own "
+            f"({attempts} attempts)"
+        )
+        if gave_up:
+            reason += "; gave up splitting further: the backend refused too many of the parts"
+        elif dropped and self._on_invalid is not None:
+            self._on_invalid(batch.tenant)
+        recent.note(
+            "dropped",
+            f"{items} {batch.signal.item_name}: {reason}",
+            tenant=batch.tenant,
+            backend=self.config.name,
+            signal=batch.signal.name,
+        )
+        log.error(
+            "backend %s: dropped %d %s of tenant %s: %s",
+            self.name,
+            items,
+            batch.signal.item_name,
+            batch.tenant,
+            reason,
+        )
+
+    async def _deliver(self, batch: Batch) -> _Outcome:
+        """Deliver with the OTLP retry rules. Returns _TOO_LARGE when the backend refused the
+        batch as too large and the ExportError when it refused its content as invalid (the
+        caller splits it); otherwise it is _DELIVERED or _DROPPED (counted and logged)."""
         started = time.monotonic()
         delay = self.retry.initial_interval
         attempt = 0
@@ -232,12 +415,15 @@ class Destination:
                 metrics.EXPORT_ATTEMPTS.labels(self.config.name, signal, outcome).inc()
                 self._failed(batch, str(exc))
                 elapsed = time.monotonic() - started
-                if exc.too_large and not last:
-                    return True
+                if exc.too_large:
+                    return _TOO_LARGE
+                if exc.invalid and not exc.retryable:
+                    self.retrying = False
+                    return exc
                 if not exc.retryable:
                     self.retrying = False
                     self._drop(batch, "permanent_error", f"permanent error: {exc}")
-                    return False
+                    return _DROPPED
                 wait = (
                     exc.retry_after
                     if exc.retry_after is not None
@@ -249,7 +435,7 @@ class Destination:
                         "retries_exhausted",
                         f"gave up after {attempt} attempts in {elapsed:.0f}s: {exc}",
                     )
-                    return False
+                    return _DROPPED
                 self.retrying = True
                 log.info(
                     "backend %s: attempt %d for %d %s failed, retrying in %.1fs: %s",
@@ -267,7 +453,7 @@ class Destination:
                 metrics.EXPORT_ATTEMPTS.labels(self.config.name, signal, "unexpected").inc()
                 self._failed(batch, repr(exc))
                 self._drop(batch, "unexpected", f"unexpected error: {exc!r}")
-                return False
+                return _DROPPED
             else:
                 self._seconds[signal].observe(time.monotonic() - began)
                 metrics.EXPORT_ATTEMPTS.labels(self.config.name, signal, "ok").inc()
@@ -279,7 +465,7 @@ class Destination:
                 )
                 self.delivered_items += batch.items
                 self.retrying = False
-                return False
+                return _DELIVERED
 
     def _failed(self, batch: Batch, message: str) -> None:
         self.last_error = message
@@ -292,11 +478,14 @@ class Destination:
             signal=batch.signal.name,
         )
 
-    def _drop(self, batch: Batch, label: str, reason: str) -> None:
+    def _count_drop(self, batch: Batch, label: str) -> None:
         self.dropped_items += batch.items
         metrics.DROPPED_ITEMS.labels(batch.tenant, batch.signal.name, self.config.name, label).inc(
             batch.items
         )
+
+    def _drop(self, batch: Batch, label: str, reason: str) -> None:
+        self._count_drop(batch, label)
         recent.note(
             "dropped",
             f"{batch.items} {batch.signal.item_name}: {reason}",
@@ -383,6 +572,8 @@ class Pipeline:
         self._accepting = False
         self._retiring: set[asyncio.Task[None]] = set()
         self._merges = MergeMemo()
+        # called with a tenant whose data a backend refused as invalid (app.py wires it)
+        self.on_invalid: Callable[[str], None] | None = None
 
     def _own(self, backends: Mapping[str, BackendConfig]) -> dict[str, BackendConfig]:
         """The backends as this process uses them: with several workers, each writes file
@@ -429,7 +620,7 @@ class Pipeline:
                 raise Unavailable(f"the queue of backend {name} cannot be opened: {exc}") from exc
             self._queues[key] = queue
         label = name if tenant is None else f"{name}[{tenant}]"
-        d = Destination(label, config, self.retry, queue, self._merges)
+        d = Destination(label, config, self.retry, queue, self._merges, self._invalid)
         d.start()
         self.destinations[key] = d
         self._merges.update(self.destinations.values())
@@ -463,7 +654,7 @@ class Pipeline:
                 del self.destinations[key]
                 self._later(self._close_removed(key, d, deadline))
                 continue
-            replacement = Destination(d.name, config, retry, d.queue, self._merges)
+            replacement = Destination(d.name, config, retry, d.queue, self._merges, self._invalid)
             replacement.start()
             self.destinations[key] = replacement
             self._later(d.retire(deadline))
@@ -535,6 +726,10 @@ class Pipeline:
         for queue in self._queues.values():
             await queue.close()
 
+    def _invalid(self, tenant: str) -> None:
+        if self.on_invalid is not None:
+            self.on_invalid(tenant)
+
     # -- what operators see -------------------------------------------------------------------
 
     @property
@@ -550,6 +745,7 @@ class Pipeline:
                 bytes=d.queue.queued_bytes,
                 max_bytes=d.queue.max_bytes,
                 oldest_age=d.queue.oldest_age(),
+                quarantined=d.queue.quarantined,
             )
             for (name, tenant), d in list(self.destinations.items())
         ]
@@ -567,4 +763,15 @@ class Pipeline:
                 problem = queue.problem()
             if problem is not None:
                 found.append(problem)
+        return found
+
+    async def warnings(self) -> list[str]:
+        """What an operator must look at although the pipeline takes and delivers data:
+        queue records in quarantine (counted on disk, off the event loop)."""
+        found: list[str] = []
+        for queue in list(self._queues.values()):
+            if queue.durable:
+                warning = await asyncio.to_thread(queue.warning)
+                if warning is not None:
+                    found.append(warning)
         return found

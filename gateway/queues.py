@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .batch import Batch
 from .signals import SIGNALS
-from .spool import Spool
+from .spool import QUARANTINE_DIR, Spool, count_quarantined
 
 _RECORD = struct.Struct(">BBIH")  # version, signal index, items, tenant length
 _VERSION = 1
@@ -26,12 +26,24 @@ def encode(batch: Batch) -> bytes:
     return head + tenant + batch.payload
 
 
+class UndecodableRecord(ValueError):
+    """A queue record that passed the spool's crc but is not a batch this gateway can read."""
+
+
 def decode(record: bytes) -> Batch:
-    version, signal, items, tenant_len = _RECORD.unpack_from(record)
-    if version != _VERSION:
-        raise ValueError(f"unknown queue record version {version}")
-    start = _RECORD.size
-    tenant = record[start : start + tenant_len].decode()
+    """The batch in a queue record; raises UndecodableRecord saying what is wrong with it."""
+    try:
+        version, signal, items, tenant_len = _RECORD.unpack_from(record)
+        if version != _VERSION:
+            raise UndecodableRecord(f"unknown queue record version {version}")
+        if signal >= len(SIGNALS):
+            raise UndecodableRecord(f"unknown signal index {signal}")
+        start = _RECORD.size
+        if start + tenant_len > len(record):
+            raise UndecodableRecord(f"the tenant length {tenant_len} runs past the record")
+        tenant = record[start : start + tenant_len].decode()
+    except (struct.error, UnicodeDecodeError) as exc:
+        raise UndecodableRecord(f"not a queue record: {exc}") from exc
     return Batch(SIGNALS[signal], record[start + tenant_len :], items, tenant)
 
 
@@ -90,6 +102,16 @@ class MemoryQueue:
     def problem(self) -> str | None:
         return None
 
+    quarantined = 0  # a memory queue keeps nothing aside
+
+    def warning(self) -> str | None:
+        return None
+
+    def quarantine(self, token: int, reason: str, batch: Batch) -> None:
+        """A batch that cannot be delivered: a memory queue cannot keep it, so it is gone
+        (the caller counts it as dropped)."""
+        self.ack(token)
+
     def pending_items(self) -> int:
         """Items queued or handed out and not acknowledged: lost if the process stops now."""
         return sum(b.items for _, b in self._queue._queue)  # type: ignore[attr-defined]
@@ -130,12 +152,49 @@ class DurableQueue:
         return self.spool.submit(encode(batch))
 
     async def get(self) -> tuple[int, Batch]:
-        rid, record = await self.spool.get()
-        return rid, decode(record)
+        while True:
+            rid, record = await self.spool.get()
+            batch = self._decode(rid, record)
+            if batch is not None:
+                return rid, batch
 
     def get_nowait(self) -> tuple[int, Batch] | None:
-        got = self.spool.get_nowait()
-        return None if got is None else (got[0], decode(got[1]))
+        while (got := self.spool.get_nowait()) is not None:
+            batch = self._decode(*got)
+            if batch is not None:
+                return got[0], batch
+        return None
+
+    def _decode(self, rid: int, record: bytes) -> Batch | None:
+        """The record's batch; None (the record goes to quarantine) when it does not decode:
+        one bad record must not stop the queue behind it."""
+        try:
+            return decode(record)
+        except UndecodableRecord as exc:
+            self.spool.quarantine(rid, f"the queue record does not decode ({exc})", record)
+            return None
+
+    def quarantine(self, token: int, reason: str, batch: Batch) -> None:
+        """Move a batch that cannot be delivered to the spool's quarantine (kept on disk)."""
+        self.spool.quarantine(token, reason, encode(batch))
+
+    @property
+    def quarantined(self) -> int:
+        return self.spool.quarantined if self._spool is not None else 0
+
+    def warning(self) -> str | None:
+        """Records kept in quarantine (blocking: counts the files): the queue works, but they
+        are data the operator must look at."""
+        if self._spool is None:
+            return None
+        n = self._spool.quarantined = count_quarantined(self.directory)
+        if not n:
+            return None
+        return (
+            f"the queue {self.directory} has {n} record{'s' if n != 1 else ''} in quarantine "
+            f"({self.directory / QUARANTINE_DIR}): data that could not be delivered; see the "
+            f"log, look at the files, then delete them"
+        )
 
     def ack(self, token: int) -> None:
         self.spool.ack(token)

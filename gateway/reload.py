@@ -77,6 +77,7 @@ class Reloader:
             )
         self._pipeline.reconfigure(new.backends, new.retry)
         self._intake.directory = Directory(new, previous=self._intake.directory)
+        self._intake.validation.mode = new.validate
         self.config = new
         self.reloads += 1
         metrics.RELOADS.labels("ok").inc()

@@ -12,10 +12,12 @@ to connect-python is a bounded one (its own gzip inflates without a limit).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import replace
 from typing import Any
+from urllib.parse import quote
 
 from connectrpc.code import Code
 from connectrpc.compression import Compression
@@ -26,7 +28,7 @@ from google.protobuf.message import Message
 from starlette.types import Message as ASGIMessage
 from starlette.types import Receive, Scope, Send
 
-from . import gz, limits
+from . import gz, limits, offload, otlpjson
 from ._gen.opentelemetry.proto.collector.logs.v1.logs_service_connect import (
     LogsServiceASGIApplication,
 )
@@ -39,9 +41,16 @@ from ._gen.opentelemetry.proto.collector.profiles.v1development.profiles_service
 from ._gen.opentelemetry.proto.collector.trace.v1.trace_service_connect import (
     TraceServiceASGIApplication,
 )
-from .errors import GatewayError, GrpcCode, InvalidRequest, RequestTooLarge
-from .grpc_ingress import GrpcExport, is_grpc_proto, retry_info
-from .intake import Intake, count_items, text_headers
+from .errors import (
+    GatewayError,
+    GrpcCode,
+    InvalidRequest,
+    RequestTooLarge,
+    Unavailable,
+    UnsupportedMediaType,
+)
+from .grpc_ingress import GrpcExport, Unimplemented, is_grpc_proto, retry_info, timeout_problem
+from .intake import Intake, count_items, count_items_off_loop, text_headers
 from .signals import LOGS, METRICS, PROFILES, TRACES, Signal
 from .tenants import Tenant
 
@@ -59,6 +68,8 @@ _CODES = {
     GrpcCode.PERMISSION_DENIED: Code.PERMISSION_DENIED,
     GrpcCode.UNAVAILABLE: Code.UNAVAILABLE,
     GrpcCode.INTERNAL: Code.INTERNAL,
+    GrpcCode.UNIMPLEMENTED: Code.UNIMPLEMENTED,
+    GrpcCode.DEADLINE_EXCEEDED: Code.DEADLINE_EXCEEDED,
 }
 
 
@@ -66,7 +77,7 @@ class _Call:
     """What RPCService knows about the request being served, shared with the code connect-python
     calls (export(), the codecs) through a ContextVar."""
 
-    __slots__ = ("raised", "refusal", "tenant", "transport")
+    __slots__ = ("answered", "raised", "refusal", "tenant", "transport")
 
     def __init__(self, transport: str) -> None:
         # The errors raised inside connect-python. It keeps a caught error in a local of the
@@ -77,6 +88,8 @@ class _Call:
         self.refusal: GatewayError | None = None  # the first one, counted and logged
         self.tenant: Tenant | None = None
         self.transport = transport
+        # (reason, HTTP status, gRPC code) of a refusal seen in the response
+        self.answered: tuple[str, int, int] | None = None
 
 
 _CALL: ContextVar[_Call | None] = ContextVar("_CALL", default=None)
@@ -96,6 +109,62 @@ def _refuse(error: GatewayError) -> ConnectError:
     return connect_error
 
 
+class _MethodNotAllowed(GatewayError):
+    http_status = 405
+    grpc_code = GrpcCode.UNIMPLEMENTED
+    reason = "method_not_allowed"
+
+
+class _Answered(GatewayError):
+    """A refusal connect-python made itself (an unknown method path, content type or encoding),
+    seen in its response, so that it is counted and logged like ours."""
+
+    def __init__(self, transport: str, reason: str, http_status: int, grpc_code: int) -> None:
+        super().__init__(f"refused by the {transport} protocol layer", reason=reason)
+        self.http_status = http_status
+        self.grpc_code = GrpcCode(grpc_code) if grpc_code in _GRPC_CODES else GrpcCode.UNKNOWN
+
+
+_REASONS = {
+    400: "invalid",
+    404: "invalid",
+    405: "method_not_allowed",
+    408: "invalid",
+    413: "too_large",
+    415: "unsupported_media_type",
+    501: "unsupported_media_type",  # Connect's mapping of UNIMPLEMENTED (an unknown encoding)
+}
+_GRPC_REASONS = {3: "invalid", 8: "too_large", 12: "unsupported_media_type"}
+_GRPC_CODES = frozenset(int(c) for c in GrpcCode)
+
+
+def _sanitized_headers(
+    raw: list[tuple[bytes, bytes]], headers: dict[str, str]
+) -> tuple[list[tuple[bytes, bytes]], InvalidRequest | None]:
+    """The request headers as connect-python can take them, and the refusal to answer with.
+    connect-python decodes every header value as UTF-8 and parses the timeout headers before it
+    reads the body, and answers either with a 500 (UNKNOWN) when they are malformed: such
+    headers are left out (connect-python then runs normally) and the request is refused."""
+    problem = timeout_problem(headers)
+    kept: list[tuple[bytes, bytes]] = []
+    for name, value in raw:
+        try:
+            name.decode()
+            value.decode()
+        except UnicodeDecodeError:
+            if problem is None:
+                shown = name.decode("latin-1")[:64]
+                problem = InvalidRequest(
+                    f"the value of header {shown!r} is not UTF-8; send it as ASCII "
+                    "(or base64 in a -bin header)"
+                )
+            continue
+        if problem is not None and name in (b"grpc-timeout", b"connect-timeout-ms"):
+            continue
+        kept.append((name, value))
+    return (kept if problem is not None else raw), problem
+
+
 def _transport(content_type: str) -> str:
     if content_type.startswith("application/grpc-web"):
         return "grpc-web"
@@ -112,6 +181,9 @@ class RawRequest:
 
     def ParseFromString(self, data: bytes | bytearray | memoryview) -> int:
         raw = bytes(data)
+        if len(raw) >= offload.PROCESS_MIN_BYTES:  # counted by export(), off the event loop
+            self.data, self.items = raw, _COUNT_PENDING
+            return len(raw)
         try:
             self.items = count_items(self.signal, raw)
         except InvalidRequest as refusal:
@@ -145,6 +217,13 @@ class _ExportService:
     async def export(self, request: RawRequest, ctx: RequestContext[Any, Any]) -> Message:
         call = _CALL.get()
         assert call is not None and call.tenant is not None  # refused requests never get here
+        if request.items == _JSON_PENDING:
+            await _convert_pending_json(request)  # a large result is left to count
+        if request.items == _COUNT_PENDING:
+            try:
+                request.items = await count_items_off_loop(self._signal, request.data)
+            except GatewayError as error:
+                raise _refuse(error) from None
         try:
             await self._intake.accept(
                 self._signal, request.data, request.items, call.tenant, call.transport
@@ -188,16 +267,48 @@ class _JSONCodec:
         return str(json_format.MessageToJson(message, indent=None)).encode()
 
     def decode(self, data: bytes | bytearray, message: Any) -> Any:
-        target = message.signal.request_type() if isinstance(message, RawRequest) else message
-        try:
-            json_format.Parse(bytes(data), target, ignore_unknown_fields=True)
-        except (json_format.ParseError, ValueError, TypeError) as exc:
-            raise _refuse(
-                InvalidRequest(f"the body is not valid JSON for {target.DESCRIPTOR.name}: {exc}")
-            ) from None
         if isinstance(message, RawRequest):
-            message.ParseFromString(target.SerializeToString())
+            if len(data) >= offload.MIN_BYTES:
+                # converted by export(), off the event loop (~10 ms and more of json_format;
+                # 15 MB held every other request for 4.4 s)
+                message.data, message.items = bytes(data), _JSON_PENDING
+                return message
+            try:
+                proto = otlpjson.canonical_json_to_proto(message.signal, data)
+            except otlpjson.OTLPJSONError as exc:
+                raise _refuse(InvalidRequest(str(exc))) from None
+            message.ParseFromString(proto)
+            return message
+        try:
+            # nesting bounded before json_format recurses (otlpjson.MAX_JSON_DEPTH)
+            json_format.ParseDict(otlpjson.loads(data), message, ignore_unknown_fields=True)
+        except (json_format.ParseError, ValueError, TypeError, RecursionError) as exc:
+            raise _refuse(
+                InvalidRequest(f"the body is not valid JSON for {message.DESCRIPTOR.name}: {exc}")
+            ) from None
         return message
+
+
+# RawRequest.items of a JSON body _JSONCodec left to convert, and of a large protobuf body left
+# to count (both in export, off the event loop)
+_JSON_PENDING = -1
+_COUNT_PENDING = -2
+
+
+async def _convert_pending_json(request: RawRequest) -> None:
+    """Turn the JSON a RawRequest holds (see _JSONCodec) into validated, counted protobuf."""
+    try:
+        proto, items = await offload.json_to_counted_proto(
+            request.signal, request.data, canonical=True
+        )
+    except otlpjson.OTLPJSONError as exc:
+        raise _refuse(InvalidRequest(str(exc))) from None
+    except offload.WorkerLost as exc:
+        raise _refuse(Unavailable(f"{exc}; retry", retry_after=1.0)) from None
+    if items is None:
+        request.ParseFromString(proto)  # validates and counts
+    else:
+        request.data, request.items = proto, items
 
 
 def _install_json_codec() -> None:
@@ -256,11 +367,25 @@ class RPCService:
         drain = limits.worth_draining(length)
         cap = self._limits.max_body_bytes
         capped: _CappedReceive | None = None
-        call = _Call(_transport(headers.get("content-type", "")))
+        content_type = headers.get("content-type", "").lower()
+        call = _Call(_transport(content_type))
+        early = _early_refusal(scope, content_type, call.transport, headers)
+        if early is not None:  # connect-python would answer these with a 500
+            if drain:
+                await limits.discard_body(receive)
+            self._intake.refused(self.signal, call.transport, early)
+            await _answer(send, call.transport, early)
+            return
+        raw_headers, bad_headers = _sanitized_headers(scope["headers"], headers)
+        if bad_headers is not None:
+            scope = {**scope, "headers": raw_headers}
+        send = _watch_response(send, call)
         token = _CALL.set(call)
         try:
             # Who is asking is settled from the headers, before the body is read.
             call.tenant = self._intake.admit(self.signal, headers, self._inflight)
+            if bad_headers is not None:
+                raise bad_headers
         except GatewayError as refusal:
             receive = _refuse_body(receive, _refuse(refusal), drain=drain)
         else:
@@ -275,6 +400,8 @@ class RPCService:
             _CALL.reset(token)
             if capped is not None:
                 capped.release()
+            if call.refusal is None and call.answered is not None:
+                call.refusal = _Answered(call.transport, *call.answered)
             if call.refusal is not None:
                 if call.refusal.tenant is None and call.tenant is not None:
                     call.refusal.tenant = call.tenant.name
@@ -285,6 +412,94 @@ class RPCService:
                 error.__traceback__ = None
                 if error.__context__ is not None:
                     error.__context__.__traceback__ = None
+
+
+def _early_refusal(
+    scope: Scope, content_type: str, transport: str, headers: Mapping[str, str]
+) -> GatewayError | None:
+    """What must be refused before connect-python sees the request (it raises, and answers 500,
+    on these): a method other than POST, and gRPC without trailers (HTTP/1.1); and a Connect
+    body in an encoding it does not take (it answers 501: a 5xx for bad input)."""
+    if scope["method"] != "POST":
+        return _MethodNotAllowed(f"{scope['method'][:32]!r} is not allowed here; use POST")
+    if transport == "connect":
+        encoding = headers.get("content-encoding", "").strip().lower()
+        if encoding not in ("", "identity", "gzip"):
+            # 415 with Connect's code for it, which Connect clients read from the body
+            return Unimplemented(
+                f"content-encoding {encoding[:32]!r} is not supported; use gzip or none"
+            )
+    if (
+        content_type.startswith("application/grpc")
+        and not content_type.startswith("application/grpc-web")
+        and "http.response.trailers" not in scope.get("extensions", {})
+    ):
+        return UnsupportedMediaType(
+            f"{content_type.split(';', 1)[0]} needs HTTP/2 (its status travels in trailers); "
+            "send gRPC over HTTP/2, or use gRPC-web, Connect or OTLP/HTTP over HTTP/1.1"
+        )
+    return None
+
+
+async def _answer(send: Send, transport: str, error: GatewayError) -> None:
+    """A refusal answered here, in the transport's shape: gRPC-web in headers (trailers-only),
+    Connect (and gRPC over HTTP/1.1, which has no trailers) as a Connect error."""
+    code = _CODES.get(error.grpc_code, Code.INTERNAL)
+    grpc_status = [
+        (b"grpc-status", str(int(error.grpc_code)).encode()),
+        (b"grpc-message", quote(error.message, safe=" ").encode()),
+    ]
+    if transport == "grpc-web" and error.http_status != 405:
+        status = 200
+        headers = [(b"content-type", b"application/grpc-web+proto"), *grpc_status]
+        body = b""
+    else:
+        status = error.http_status
+        body = json.dumps({"code": code.value, "message": error.message}).encode()
+        headers = [(b"content-type", b"application/json"), *grpc_status]
+    if isinstance(error, _MethodNotAllowed):
+        headers.append((b"allow", b"POST"))
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _watch_response(send: Send, call: _Call) -> Send:
+    """send(), noting in `call` a refusal connect-python answered by itself: an HTTP error
+    status, or a gRPC(-web) status other than OK."""
+
+    async def watched(message: ASGIMessage) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            status = message.get("status", 200)
+            if status == 504 and isinstance(call.refusal, limits.BodyTimeout):
+                # Connect's deadline_exceeded is a 504; a body that stalled is the client's
+                # doing, answered 408 as on OTLP/HTTP (the code in the body stays)
+                status = 408
+                message = {**message, "status": status}
+            if status >= 400:
+                call.answered = (_REASONS.get(status, "invalid"), status, 2)
+            else:
+                _note_grpc_status(call, message.get("headers", ()))
+        elif kind == "http.response.trailers":
+            _note_grpc_status(call, message.get("headers", ()))
+        elif kind == "http.response.body":
+            body = message.get("body", b"")
+            if body[:1] == b"\x80":  # a gRPC-web trailers frame
+                lines = (line.partition(b":") for line in bytes(body[5:]).split(b"\r\n"))
+                _note_grpc_status(call, [(k.strip().lower(), v) for k, _, v in lines])
+        await send(message)
+
+    return watched
+
+
+def _note_grpc_status(call: _Call, headers: Any) -> None:
+    for name, value in headers:
+        if name == b"grpc-status":
+            text = value.strip()
+            code = int(text) if text.isdigit() and len(text) < 4 else 2
+            if code:
+                call.answered = (_GRPC_REASONS.get(code, "invalid"), 200, code)
 
 
 def _too_large(cap: int) -> ConnectError:
@@ -303,25 +518,29 @@ def _refuse_body(receive: Receive, error: ConnectError, *, drain: bool) -> Recei
 
 
 class _CappedReceive:
-    """A receive() that refuses the body past `cap` bytes and counts what it read as in flight
+    """A receive() that refuses the body past `cap` bytes or after a pause longer than the
+    budget's body_timeout, and counts what it read as in flight (charged to the admitted tenant)
     until release() (called once the request has been answered)."""
 
     def __init__(self, receive: Receive, cap: int, inflight: limits.InFlight) -> None:
         self._receive = receive
         self._cap = cap
-        self._inflight = inflight
+        self._timeout = inflight.body_timeout
+        self._held = inflight.hold("")
         self._seen = 0
 
     async def __call__(self) -> ASGIMessage:
-        message = await self._receive()
+        try:
+            message = await limits.receive_within(self._receive, self._timeout)
+        except limits.BodyTimeout as exc:
+            raise _refuse(exc) from None
         n = len(message.get("body", b""))
         self._seen += n
-        self._inflight.bytes += n
+        self._held.add(n)
         if self._seen > self._cap:
-            await limits.discard_body(self._receive, message)
+            await limits.discard_body(self._receive, message, self._timeout)
             raise _too_large(self._cap)
         return message
 
     def release(self) -> None:
-        self._inflight.bytes -= self._seen
-        self._seen = 0
+        self._held.release()

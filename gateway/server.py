@@ -56,27 +56,6 @@ def serve(config: GatewayConfig, *, log_level: str = "info") -> None:
         _serve_uvicorn(app, config, sockets, admin, log_level)
 
 
-def _complete_bodyless_h2_requests() -> None:
-    """uvicorn 0.54's HTTP/2 adapter ignores zttp's `Request.end_stream` (its HTTP/1.1 adapter
-    honours it): a request whose HEADERS frame ends the stream, such as an empty POST over h2/h2c,
-    would wait for a body forever. Complete such requests as the HTTP/1.1 adapter does."""
-    from uvicorn.protocols.http.zttp_h2_impl import ZttpH2Protocol
-
-    original = ZttpH2Protocol.handle_request
-    if getattr(original, "_completes_bodyless", False):
-        return
-
-    def handle_request(self: ZttpH2Protocol, event: Any) -> None:
-        original(self, event)
-        cycle = self.cycles.get(event.stream_id)
-        if event.end_stream and cycle is not None:
-            cycle.more_body = False
-            cycle.message_event.set()
-
-    handle_request._completes_bodyless = True  # type: ignore[attr-defined]
-    ZttpH2Protocol.handle_request = handle_request  # type: ignore[method-assign]
-
-
 def _serve_uvicorn(
     app: GatewayApp,
     config: GatewayConfig,
@@ -86,10 +65,17 @@ def _serve_uvicorn(
 ) -> None:
     import uvicorn
 
-    from .uvicorn_h2 import GracefulAutoProtocol
+    from .uvicorn_h2 import ConnectionGuard, guarded
 
-    _complete_bodyless_h2_requests()
     servers: list[uvicorn.Server] = []
+    # Shared by every connection of the process: the per-peer budget, the early refusal.
+    protocol = guarded(
+        ConnectionGuard(
+            refuse_early=app.refuse_early,
+            header_timeout=config.limits.header_timeout,
+            body_timeout=config.limits.body_timeout,
+        )
+    )
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
@@ -110,8 +96,9 @@ def _serve_uvicorn(
             uvicorn.Config(
                 app,
                 # zttp's h1 and h2 (h2c prior knowledge, ALPN h2 over TLS), with a graceful
-                # GOAWAY before zttp's per-connection stream cap (gateway/uvicorn_h2.py)
-                http=GracefulAutoProtocol,
+                # GOAWAY before zttp's per-connection stream cap and the budgets against
+                # hostile clients (gateway/uvicorn_h2.py)
+                http=protocol,
                 http2=False,
                 lifespan=lifespan,
                 timeout_keep_alive=int(config.timeout_keep_alive),

@@ -17,6 +17,10 @@ On disk, in `directory`:
   `[magic \\x8aACK][u32 crc32][u32 count][count x u64 id]`, written as acks come in and fsync'd
   lazily (every `ack_sync_interval` seconds and on close).
 * `LOCK`: flock'd while a process has the spool open.
+* `quarantine/<id>.rec`: records the consumer could not use (a record whose bytes pass the crc
+  but do not decode, or whose delivery failed unexpectedly), moved out of the queue by
+  `quarantine()` so that they never block it, kept (as `[header][payload]`, the segment format)
+  for the operator to look at and delete.
 
 Durability: `append()` returns the record id only after the record's bytes and (for a new segment
 file) the directory entry are fsync'd. Concurrent appends share one fdatasync (group commit): one
@@ -72,6 +76,8 @@ _ACK_HEADER = struct.Struct("<4sII")  # magic, crc32, count
 _SEG_SUFFIX = ".seg"
 _ACK_SUFFIX = ".ack"
 _IOV_MAX = 1024
+QUARANTINE_DIR = "quarantine"
+_QUARANTINE_SUFFIX = ".rec"
 _MAX_GROUP_BYTES = 64 * MiB
 
 
@@ -112,6 +118,7 @@ class RecoveryReport:
     bytes_skipped: int = 0  # bytes in those places
     records_skipped: int = 0  # records known lost in them (from the gap in ids)
     ack_bytes_truncated: int = 0  # damaged ack-file tails (only causes duplicates)
+    quarantined: int = 0  # records kept in quarantine/ (from earlier runs)
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
 
@@ -136,6 +143,11 @@ class RecoveryReport:
                 f"{self.corrupt_regions} corrupt regions ({self.bytes_skipped} bytes, "
                 f"{self.records_skipped} records known lost) skipped, "
                 f"{self.ack_bytes_truncated} bytes of ack log dropped: " + "; ".join(self.problems)
+            )
+        if self.quarantined:
+            text += (
+                f"; {self.quarantined} records kept in {self.directory / QUARANTINE_DIR} "
+                f"(they could not be delivered: look at them, then delete them)"
             )
         return text
 
@@ -428,6 +440,7 @@ def _recover(directory: Path) -> _Recovered:
         if report.segments_deleted:
             os.fsync(dir_fd)
         report.records_recovered = len(entries)
+        report.quarantined = count_quarantined(directory)
         report.seconds = time.monotonic() - started
         disk = sum(s.size + s.ack_size for s in kept)
         return _Recovered(kept, entries, next_id, disk, lock_fd, dir_fd, report)
@@ -436,6 +449,15 @@ def _recover(directory: Path) -> _Recovered:
         if dir_fd >= 0:
             os.close(dir_fd)
         raise
+
+
+def count_quarantined(directory: Path) -> int:
+    """Records kept in the spool's quarantine/ (0 when there is none; blocking)."""
+    try:
+        names = os.listdir(directory / QUARANTINE_DIR)
+    except OSError:
+        return 0
+    return sum(name.endswith(_QUARANTINE_SUFFIX) for name in names)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -502,6 +524,8 @@ class Spool:
         self.fsyncs = 0
         self.groups = 0
         self.records_lost_on_read = 0
+        self.quarantined = recovered.report.quarantined  # records in quarantine/, last count
+        self._quarantining: set[asyncio.Task[None]] = set()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -538,7 +562,7 @@ class Spool:
             ack_sync_interval=ack_sync_interval,
         )
         spool._maintenance = loop.create_task(spool._maintenance_loop(), name=f"spool-{path}")
-        if not recovered.report.clean:
+        if not recovered.report.clean or recovered.report.quarantined:
             log.warning("%s", recovered.report.summary())
         elif recovered.report.records_recovered:
             log.info("%s", recovered.report.summary())
@@ -549,6 +573,8 @@ class Spool:
         Records not acknowledged stay on disk for the next open."""
         if self._closed:
             return
+        if self._quarantining:  # a record moving to quarantine is acked once it is there
+            await asyncio.gather(*list(self._quarantining), return_exceptions=True)
         self._closed = True
         self._nonempty.set()  # getters raise SpoolClosed
         if self._flusher is not None:
@@ -781,6 +807,71 @@ class Spool:
         self.records_lost_on_read += 1
         log.error("spool %s: %s; the record is lost", self.directory, reason)
         self.ack(entry.id)
+
+    def quarantine(self, rid: int, reason: str, record: bytes | None = None) -> None:
+        """Move a record handed out by get() that cannot be delivered (`record`: its bytes, if
+        the caller still has them) to quarantine/<id>.rec, then acknowledge it: it never
+        blocks the queue again, and stays on disk for the operator. Done in the background
+        (the file is written and fsync'd before the ack); logged once. If the file cannot be
+        written the record stays in the segment, handed out again after a restart."""
+        entry = self._inflight.get(rid)
+        if entry is None or self._closed:
+            return
+        task = asyncio.get_running_loop().create_task(self._quarantine(entry, reason, record))
+        self._quarantining.add(task)
+        task.add_done_callback(self._quarantining.discard)
+
+    async def _quarantine(self, entry: _Entry, reason: str, record: bytes | None) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            path = await loop.run_in_executor(self._executor, self._w_quarantine, entry, record)
+        except (OSError, _CorruptRead) as exc:
+            log.error(
+                "spool %s: record %d cannot be delivered (%s) and could not be moved to "
+                "quarantine: %s; it stays in the queue until the next start",
+                self.directory,
+                entry.id,
+                reason,
+                exc,
+            )
+            return
+        self.quarantined += 1
+        log.error(
+            "spool %s: record %d (%d bytes) cannot be delivered: %s; moved it to quarantine "
+            "as %s, the queue goes on. Look at it (same format as a segment record), then "
+            "delete it",
+            self.directory,
+            entry.id,
+            entry.length,
+            reason,
+            path,
+        )
+        self.ack(entry.id)
+
+    def _w_quarantine(self, entry: _Entry, record: bytes | None) -> Path:
+        if record is None:
+            record = self._read(entry)
+        frame = _frame_header(entry, record) + record
+        qdir = self.directory / QUARANTINE_DIR
+        created = not qdir.is_dir()
+        qdir.mkdir(mode=0o700, exist_ok=True)
+        path = qdir / f"{entry.id:020d}{_QUARANTINE_SUFFIX}"
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            _pwrite_all(fd, [frame], 0)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)  # a second quarantine of the same record (a replay) overwrites it
+        qfd = os.open(qdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(qfd)
+        finally:
+            os.close(qfd)
+        if created:
+            os.fsync(self._dir_fd)
+        return path
 
     def ack(self, rid: int) -> bool:
         """Mark a record handed out by get() as delivered (any order). Persisted in the
@@ -1023,4 +1114,5 @@ class Spool:
             "fsyncs": self.fsyncs,
             "groups": self.groups,
             "records_lost_on_read": self.records_lost_on_read,
+            "quarantined": self.quarantined,
         }

@@ -9,25 +9,53 @@ import collections
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 
-from . import metrics, spans
+from . import background, metrics, spans
 
 PENDING = 16  # payloads held per watcher; more are skipped and counted
+PENDING_BYTES = 32 * 1024 * 1024  # and at most this many bytes of them
 HEARTBEAT = 15.0  # seconds without rows after which an empty message is sent
 
 
+def _rows_or_none(payload: bytes) -> list[spans.AccessRow]:
+    """The rows of a payload, or none when it cannot be decoded (it was acknowledged already:
+    a tail shows what it can and goes on)."""
+    try:
+        return spans.access_rows(payload)
+    except spans.UndecodableError:
+        metrics.SPANS_UNDECODABLE.labels("tail").inc()
+        return []
+
+
 class _Published:
-    """One payload handed to a tenant's watchers; decoded once, by the first that reads it."""
+    """One payload handed to a tenant's watchers; decoded once, by the first that reads it (on a
+    worker thread when it is large)."""
 
-    __slots__ = ("_rows", "payload")
+    __slots__ = ("_decoding", "_rows", "items", "payload")
 
-    def __init__(self, payload: bytes) -> None:
+    def __init__(self, payload: bytes, items: int) -> None:
         self.payload = payload
+        self.items = items
         self._rows: list[spans.AccessRow] | None = None
+        self._decoding: asyncio.Future[list[spans.AccessRow] | None] | None = None
 
-    def rows(self, service: str) -> list[spans.AccessRow]:
+    async def rows(self, service: str) -> list[spans.AccessRow]:
         if self._rows is None:
-            self._rows = spans.access_rows(self.payload)
+            if len(self.payload) <= background.INLINE_BYTES:
+                self._rows = _rows_or_none(self.payload)
+            else:
+                if self._decoding is None:
+                    self._decoding = asyncio.ensure_future(
+                        background.SPANS.run(len(self.payload), _rows_or_none, self.payload)
+                    )
+                # shielded: a watcher that hangs up must not cancel the decode for the others
+                rows = await asyncio.shield(self._decoding)
+                self._rows = rows if rows is not None else []  # None: skipped, too much waiting
         return [r for r in self._rows if r.service == service] if service else self._rows
+
+    @property
+    def unshown(self) -> int:
+        """Spans of the payload without a row (undecodable, past spans.MAX_ROWS, skipped)."""
+        return max(0, self.items - len(self._rows)) if self._rows is not None else 0
 
 
 class Watcher:
@@ -37,12 +65,15 @@ class Watcher:
         self._ready = asyncio.Event()
         self.closed = False
         self.skipped = 0  # spans left out since the last rows handed out
+        self._pending_bytes = 0
 
     def offer(self, published: _Published, items: int) -> None:
-        if len(self._pending) >= PENDING:
+        size = len(published.payload)
+        if len(self._pending) >= PENDING or self._pending_bytes + size > PENDING_BYTES:
             self.skipped += items
             return
         self._pending.append(published)
+        self._pending_bytes += size
         self._ready.set()
 
     def close(self) -> None:
@@ -62,7 +93,11 @@ class Watcher:
                 continue
             self._ready.clear()
             while self._pending and not self.closed:
-                rows = self._pending.popleft().rows(self.service)
+                published = self._pending.popleft()
+                self._pending_bytes -= len(published.payload)
+                rows = await published.rows(self.service)
+                if not self.service:
+                    self.skipped += published.unshown
                 skipped, self.skipped = self.skipped, 0
                 if rows or skipped:
                     yield rows, skipped
@@ -77,7 +112,7 @@ class TailHub:
         return tenant in self._watchers
 
     def publish(self, tenant: str, payload: bytes, items: int) -> None:
-        published = _Published(payload)
+        published = _Published(payload, items)
         for watcher in self._watchers.get(tenant, ()):
             watcher.offer(published, items)
 

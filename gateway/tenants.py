@@ -11,15 +11,22 @@ import hmac
 import logging
 from collections.abc import Mapping
 
-from . import keys
+from . import keys, offload, spans
 from .config import DEFAULT_TENANT, GatewayConfig, TenantConfig
 from .drop import DropFilter
 from .enrich import ResourceEnricher
-from .errors import PermissionDenied, RequestTooLarge, Throttled, Unauthenticated
+from .errors import (
+    InvalidRequest,
+    PermissionDenied,
+    RequestTooLarge,
+    Throttled,
+    Unauthenticated,
+)
 from .limits import too_large_message
 from .quota import Quota
 from .red import RedMetrics
 from .signals import SIGNALS, Signal
+from .wire import WireError
 
 log = logging.getLogger("otlp_gateway.tenants")
 
@@ -69,8 +76,9 @@ class Tenant:
             error.tenant = self.name
             raise error
 
-    def prepare(self, signal: Signal, payload: bytes, items: int) -> tuple[bytes, int]:
-        """Apply the tenant's quota, drop rules and enrichment; return what to forward."""
+    async def prepare(self, signal: Signal, payload: bytes, items: int) -> tuple[bytes, int]:
+        """Apply the tenant's quota, drop rules and enrichment; return what to forward.
+        Raises a GatewayError (InvalidRequest for what the rules or enrichment cannot read)."""
         if self.max_request_bytes is not None and len(payload) > self.max_request_bytes:
             raise RequestTooLarge(too_large_message("the request", self.max_request_bytes))
         if self.quota is not None:
@@ -82,10 +90,25 @@ class Tenant:
                     reason="quota",
                 )
         if self.drop is not None and self.drop.applies(signal):
-            payload, dropped = self.drop.apply(signal, payload)
+            try:
+                if len(payload) >= offload.MIN_BYTES:  # on a thread, not the event loop
+                    payload, dropped = await offload.run(self.drop.apply, signal, payload)
+                else:
+                    payload, dropped = self.drop.apply(signal, payload)
+            except spans.UndecodableError as exc:
+                raise InvalidRequest(
+                    f"the request cannot go through tenant {self.name}'s drop rules: {exc}; "
+                    "fix the exporter that sent it"
+                ) from None
             items -= dropped
         if self.enricher is not None and items:
-            payload = self.enricher.apply(signal, payload)
+            try:
+                payload = self.enricher.apply(signal, payload)
+            except WireError as exc:
+                raise InvalidRequest(
+                    f"a resource in the request is not valid protobuf ({exc}); "
+                    "fix the exporter that sent it"
+                ) from None
         return payload, items
 
 

@@ -453,8 +453,9 @@ CONNECT_CASES = [
     ("gzip-bomb", "application/proto", "gzip", gzip_bomb, 429, "resource_exhausted"),
     ("invalid-gzip", "application/proto", "gzip", lambda: b"not gzip", 400, INVALID),
     ("unknown-content-type", "text/plain", None, lambda: b"hello", 415, None),
-    # Connect: an unsupported Content-Encoding is `unimplemented` (HTTP 501)
-    ("unknown-encoding", "application/proto", "br", lambda: b"x", 501, "unimplemented"),
+    # Connect: an unsupported Content-Encoding is `unimplemented`, answered with 415 (not
+    # connect-python's 501: bad input never gets a 5xx)
+    ("unknown-encoding", "application/proto", "br", lambda: b"x", 415, "unimplemented"),
 ]
 
 

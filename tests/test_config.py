@@ -121,6 +121,7 @@ def test_empty_config_is_all_defaults() -> None:
     assert config.backends == {}
     assert config.service_backends == ()
     assert config.tls is None
+    assert config.validate == "auto"
 
 
 def test_load_reads_the_file(tmp_path: Path) -> None:
@@ -457,6 +458,14 @@ BAD_CONFIGS = {
         "server",
         "must be one of uvicorn, hypercorn",
     ),
+    "bad-validate": (
+        """
+        validate: sometimes
+        """,
+        "sometimes",
+        "validate",
+        "must be one of auto, full, wire",
+    ),
     "duplicate-key": (
         """
         limits: {max_request_bytes: 1MiB}
@@ -632,3 +641,104 @@ def test_check_missing_file(tmp_path: Path) -> None:
     result = _check(tmp_path / "nope.yaml")
     assert result.returncode == 2
     assert "nope.yaml" in result.stderr and "cannot read" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# limits: the per-tenant share of the in-flight budget and the slow-client timeouts
+
+
+def test_limits_share_and_timeouts() -> None:
+    defaults = parse("").limits
+    assert defaults.inflight_share == defaults.max_inflight_bytes // 2
+    assert defaults.body_timeout == 30.0 and defaults.header_timeout == 30.0
+    fraction = parse(
+        _yaml(
+            """
+            limits: {max_inflight_bytes: 64MiB, max_inflight_share: 0.25, body_timeout: 2s,
+                     header_timeout: 500ms}
+            """
+        )
+    ).limits
+    assert fraction.inflight_share == 16 * MiB
+    assert fraction.body_timeout == 2.0 and fraction.header_timeout == 0.5
+    size = parse("limits: {max_inflight_bytes: 64MiB, max_inflight_share: 8MiB}").limits
+    assert size.inflight_share == 8 * MiB
+    assert parse("limits: {max_inflight_share: 1}").limits.inflight_share == 256 * MiB
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "problem"),
+    [
+        ("limits:\n  max_inflight_share: 1.5\n", "limits.max_inflight_share", "a fraction"),
+        ("limits:\n  max_inflight_share: lots\n", "limits.max_inflight_share", "a size"),
+        ("limits:\n  body_timeout: 0s\n", "limits.body_timeout", "above 0"),
+        ("limits:\n  header_timeout: soon\n", "limits.header_timeout", "a duration"),
+    ],
+)
+def test_bad_limits_name_file_line_and_key(text: str, key: str, problem: str) -> None:
+    message = _error(text, source="gw.yaml")
+    assert message.startswith(f"gw.yaml:2: {key}: "), message
+    assert problem in message
+
+
+# ---------------------------------------------------------------------------------------------
+# Names and header values that could forge a line (a log line, a header downstream)
+
+
+@pytest.mark.parametrize("name", ["alpha\n", "alpha\r", "al\npha", "alpha\x1b", "alpha\u2028"])
+def test_tenant_names_with_control_characters_are_refused(name: str) -> None:
+    text = f"tenants:\n  {name!r}: {{api_keys: []}}\n".replace("'", '"')
+    message = _error(text)
+    assert message.startswith("gw.yaml:2: tenants."), message
+    assert "tenant names are letters, digits" in message
+    assert not any(c in message for c in "\n\r\x1b\u2028")
+
+
+@pytest.mark.parametrize("value", ["a\r\nX-Evil: 1", "a\nb", "a\x00b", "a\x1bb", "a\x7f"])
+def test_header_values_with_control_characters_are_refused(value: str) -> None:
+    text = _yaml(
+        """
+        backends:
+          central:
+            protocol: http/protobuf
+            endpoint: "http://lgtm:4318"
+            headers: {Authorization: "Bearer ${TOKEN}"}
+        """
+    )
+    message = _error(text, env={"TOKEN": value})
+    assert message.startswith("gw.yaml:5: backends.central.headers.Authorization: "), message
+    assert "control character" in message
+    assert "\n" not in message and "\r" not in message
+
+
+def test_header_names_must_be_tokens() -> None:
+    text = 'backends:\n  b: {protocol: grpc, endpoint: "http://x:4317", headers: {"a b": v}}\n'
+    message = _error(text)
+    assert message.startswith("gw.yaml:2: backends.b.headers.a b: "), message
+    assert "not a valid header name" in message
+
+
+def test_header_values_with_tabs_and_unicode_are_fine() -> None:
+    text = 'backends:\n  b: {protocol: grpc, endpoint: "http://x:4317", headers: {A: "x\\ty é"}}\n'
+    assert parse(text).backends["b"].headers == {"A": "x\ty é"}
+
+
+def test_check_refuses_a_header_from_the_environment_with_crlf(tmp_path: Path) -> None:
+    path = tmp_path / "gw.yaml"
+    path.write_text(_yaml(EXAMPLE))
+    result = _check(path, {"CENTRAL_TOKEN": "secret\r\nX-Injected: 1"})
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    where = f"{path}:{_line_of(EXAMPLE, 'headers:')}: backends.central.headers.Authorization"
+    assert where in lines[0]
+
+
+def test_check_refuses_a_tenant_name_with_a_newline(tmp_path: Path) -> None:
+    path = tmp_path / "gw.yaml"
+    path.write_text('tenants:\n  "alpha\\n": {api_keys: []}\n')
+    result = _check(path)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert f"{path}:2: tenants.alpha\\n: tenant names are" in lines[0]

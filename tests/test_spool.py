@@ -24,11 +24,13 @@ from hypothesis import strategies as st
 
 from gateway.spool import (
     HEADER_SIZE,
+    QUARANTINE_DIR,
     RecordTooLarge,
     Spool,
     SpoolError,
     SpoolFull,
     SpoolUnavailable,
+    count_quarantined,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -187,6 +189,33 @@ def test_reopen_replays_unacked_in_order_with_out_of_order_acks(tmp_path: Path) 
         assert all(key_of(p) == f"r{ids.index(rid)}" for rid, p in again)
         # new ids continue after the old ones
         assert await spool.append(b"new") > max(ids)
+        await spool.close()
+
+    run(go())
+
+
+def test_quarantine_keeps_the_record_aside_and_it_does_not_come_back(tmp_path: Path) -> None:
+    async def go() -> None:
+        spool = await Spool.open(tmp_path, max_bytes=1 << 24, segment_bytes=4096)
+        ids = [await spool.append(body(f"r{i}", 700)) for i in range(10)]
+        handed = await drain(spool)
+        for rid, _ in handed:
+            if rid == ids[3]:
+                spool.quarantine(rid, "a test", None)  # read back from the segment
+            elif rid == ids[6]:
+                spool.quarantine(rid, "a test", handed[6][1])
+            else:
+                spool.ack(rid)
+        await spool.close()  # waits for the quarantine writes
+        kept = sorted((tmp_path / QUARANTINE_DIR).glob("*.rec"))
+        assert [int(p.stem) for p in kept] == [ids[3], ids[6]]
+        for p, i in zip(kept, (3, 6), strict=True):
+            frame = p.read_bytes()
+            assert key_of(frame[HEADER_SIZE:]) == f"r{i}"  # header + payload, crc intact
+        spool = await Spool.open(tmp_path, max_bytes=1 << 24, segment_bytes=4096)
+        assert spool.recovery.records_recovered == 0  # acknowledged once they were kept
+        assert spool.quarantined == count_quarantined(tmp_path) == 2
+        assert "2 records kept in" in spool.recovery.summary()
         await spool.close()
 
     run(go())

@@ -539,3 +539,89 @@ def test_fast_count_agrees_with_the_reference_walk() -> None:
                 assert fast == "refused", (signal.name, bytes(b).hex(), ref)
                 stricter += 1
     assert stricter < 0.01 * 20000
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile bodies: bounded time and memory (floods of unknown fields, entries, duplicates)
+
+
+def _timed_outcome(signal: Any, data: bytes) -> tuple[int | str, float]:
+    import time
+
+    t0 = time.perf_counter()
+    try:
+        result: int | str = count_items(signal, data)
+    except WireError as exc:
+        result = str(exc)
+    return result, time.perf_counter() - t0
+
+
+FLOOD = 15 * 1024 * 1024 // 2  # 2-byte fields in a 15 MiB body
+
+FLOODS = {
+    # took 5-7 s and 700+ MiB (UnknownFieldSet of 7.8 million entries) before
+    "unknown-in-scope": (ld(1, ld(2, b"\x18\x00" * FLOOD)), "unknown"),
+    "unknown-at-top": (b"\x10\x00" * FLOOD, "unknown"),
+    "unknown-in-resource": (ld(1, b"\x20\x00" * FLOOD), "fields"),
+    # took 16 s (a Python object per entry) before
+    "empty-scope-entries": (ld(1, b"\x12\x00" * FLOOD), "fields"),
+    "empty-resource-entries": (b"\x0a\x00" * FLOOD, "fields"),
+    # a known singular field sent millions of times
+    "schema-url-repeated": (ld(1, b"\x1a\x00" * FLOOD), "fields"),
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("case", list(FLOODS))
+def test_floods_are_refused_in_bounded_time(case: str) -> None:
+    data, word = FLOODS[case]
+    result, took = _timed_outcome(TRACES, data)
+    print(f"\n{case}: {len(data)} bytes -> {result!r:.100} in {took * 1000:.0f} ms")
+    assert isinstance(result, str) and word in result
+    assert took < 2.0  # ~50-150 ms on a loaded 2-core machine; seconds before
+
+
+def test_a_few_unknown_fields_at_every_level_are_fine() -> None:
+    # the slow path (unknown fields present) still counts exactly, up to the limit
+    req = traces([[3]])
+    scope = req.resource_spans[0].scope_spans[0].SerializeToString()
+    extra = tag(77, 0) + varint(1)
+    limit = wire.MAX_UNKNOWN_FIELDS
+    data = ld(1, ld(2, scope + extra * (limit - 1)))
+    assert count_items(TRACES, data) == 3
+    with pytest.raises(WireError, match="unknown fields"):
+        count_items(TRACES, ld(1, ld(2, scope + extra * (limit + 1))))
+
+
+def test_known_fields_take_the_fast_path() -> None:
+    # resource, scope, schema_url (and for metrics name, unit, temporality, ...) are declared, so
+    # a real request re-encodes to its own length: no Python walk
+    for signal, req in (
+        (TRACES, traces([[2, 1], [3]])),
+        (METRICS, metrics({"sum": 2, "histogram": 1, "gauge": 1})),
+        (LOGS, logs([[2]])),
+        (PROFILES, profiles([[1]])),
+    ):
+        data = req.SerializeToString()
+        message = wire._shallow_type(signal).FromString(data)
+        message.DiscardUnknownFields()
+        assert message.ByteSize() == len(data), signal.name
+
+
+def test_non_minimal_encoding_is_counted_by_the_walk() -> None:
+    from .wire_encoding import ld as padded_ld
+
+    span = traces([[1]]).resource_spans[0].scope_spans[0].spans[0].SerializeToString()
+    data = padded_ld(1, padded_ld(2, padded_ld(2, span, pad=2) * 4, pad=1), pad=3)
+    assert count_items(TRACES, data) == 4 == walk_count_reference(data)
+
+
+def walk_count_reference(data: bytes) -> int:
+    return wire.walk_count(TRACES, data)
+
+
+def test_duplicate_resource_is_counted() -> None:
+    # enrichment appends a second `resource` field to each entry: still valid, still counted
+    req = traces([[2]])
+    rs = req.resource_spans[0].SerializeToString() + ld(1, b"\x0a\x00")
+    assert count_items(TRACES, ld(1, rs)) == 2

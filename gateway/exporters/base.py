@@ -19,11 +19,16 @@ class ExportError(Exception):
         retryable: bool,
         retry_after: float | None = None,
         too_large: bool = False,
+        invalid: bool = False,
     ) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.retry_after = retry_after
         self.too_large = too_large  # the backend refused the request for its size
+        # The backend refused the request's content (HTTP 400, gRPC INVALID_ARGUMENT, or the
+        # statuses servers answer for a body they cannot decode): some of its items may be
+        # good, so the pipeline splits it and sends the parts.
+        self.invalid = invalid
 
 
 class Exporter(Protocol):

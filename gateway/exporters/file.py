@@ -13,10 +13,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO
 
-from .. import otlpjson
 from ..batch import Batch
 from ..config import BackendConfig
 from .base import ExportError
+from .jsonenc import encoded as json_encoded
 
 
 class FileExporter:
@@ -28,7 +28,8 @@ class FileExporter:
         self._lock = asyncio.Lock()
 
     async def export(self, batch: Batch) -> None:
-        line = otlpjson.proto_to_json(batch.signal, batch.payload) + b"\n"
+        # a conversion of up to seconds: in the conversion pool, in pieces
+        line = await json_encoded(batch, None) + b"\n"
         async with self._lock:  # one writer per file keeps lines whole
             try:
                 await asyncio.to_thread(self._write, batch.signal.name, line)

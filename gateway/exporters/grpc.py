@@ -50,6 +50,10 @@ _RETRYABLE = frozenset(
         Code.DATA_LOSS,
     }
 )
+# Refusals of the request's content: INVALID_ARGUMENT is OTLP's "bad data"; grpc-go servers (the
+# Collector) answer INTERNAL for a request they cannot unmarshal, Python ones UNKNOWN. The
+# pipeline splits such a batch and sends the parts.
+_INVALID = frozenset({Code.INVALID_ARGUMENT, Code.INTERNAL, Code.UNKNOWN})
 
 
 class _Gzip(Compression):
@@ -146,7 +150,11 @@ class GRPCExporter:
             )
             too_large = code == Code.RESOURCE_EXHAUSTED and delay is None
             raise ExportError(
-                message, retryable=retryable, retry_after=delay, too_large=too_large
+                message,
+                retryable=retryable,
+                retry_after=delay,
+                too_large=too_large,
+                invalid=code in _INVALID,
             ) from exc
         except (OSError, pyqwest.ReadError, pyqwest.WriteError, pyqwest.ConnectTimeout) as exc:
             raise ExportError(

@@ -16,7 +16,7 @@ from typing import NamedTuple, Protocol
 import pyqwest
 from google.protobuf.message import DecodeError
 
-from .. import gz, otlpjson
+from .. import gz
 from ..batch import Batch
 from ..config import BackendConfig
 from ..signals import SIGNALS
@@ -28,9 +28,14 @@ from .base import (
     parse_retry_after,
     render_headers,
 )
+from .jsonenc import encoded as json_encoded
 
 # OTLP/HTTP: only these are retryable; every other failure status is permanent.
 _RETRYABLE = frozenset({429, 502, 503, 504})
+# Refusals of the request's content: 400 is OTLP's "bad data"; 422 and 500 are what many servers
+# answer for a body they cannot decode (a Python/Starlette receiver answers 500 for a
+# DecodeError). The pipeline splits such a batch and sends the parts.
+_INVALID = frozenset({400, 422, 500})
 
 
 class _Reply(NamedTuple):
@@ -146,14 +151,12 @@ class HTTPExporter:
         headers = render_headers(self._config.headers, batch.tenant)
         headers["content-type"] = self._content_type
         body = batch.payload
-        if self._encoding is not None:
-            signal, json_, level = batch.signal, self._json, self._gzip_level
-
-            def encode(payload: bytes) -> bytes:
-                body = otlpjson.proto_to_json(signal, payload) if json_ else payload
-                return body if level is None else gz.gzip_compress(body, level)
-
-            body = batch.encoded(self._encoding, encode)
+        if self._json:  # a conversion of up to seconds: in the conversion pool, in pieces
+            body = await json_encoded(batch, self._gzip_level)
+        elif self._encoding is not None:
+            level = self._gzip_level
+            assert level is not None
+            body = batch.encoded(self._encoding, lambda payload: gz.gzip_compress(payload, level))
         if self._gzip_level is not None:
             headers["content-encoding"] = "gzip"
         url = self._urls[batch.signal.name]
@@ -167,7 +170,9 @@ class HTTPExporter:
         if status in _RETRYABLE:
             retry_after = parse_retry_after(reply.retry_after)
             raise ExportError(message, retryable=True, retry_after=retry_after)
-        raise ExportError(message, retryable=False, too_large=status == 413)
+        raise ExportError(
+            message, retryable=False, too_large=status == 413, invalid=status in _INVALID
+        )
 
     def _log_partial_success(self, batch: Batch, reply: _Reply) -> None:
         if not reply.content:

@@ -293,6 +293,30 @@ function renderErrors(resp) {
   $("#errors-empty").hidden = rows.length > 0;
 }
 
+// The readiness verdict (/readyz, no key): problems (not ready) and warnings (ready, but
+// something needs a look, such as queue records in quarantine).
+async function health() {
+  try {
+    const response = await fetch("/readyz", { cache: "no-store" });
+    return await response.json(); // 200 and 503 both carry the verdict
+  } catch {
+    return null; // the API calls report an unreachable gateway
+  }
+}
+
+function renderHealth(verdict) {
+  const box = $("#health");
+  const problems = (verdict && verdict.problems) || [];
+  const warnings = (verdict && verdict.warnings) || [];
+  const lines = [
+    ...problems.map((p) => el("div", { class: "problem", text: "Not ready: " + p })),
+    ...warnings.map((w) => el("div", { class: "warning", text: "Warning: " + w })),
+  ];
+  box.replaceChildren(...lines);
+  box.dataset.level = problems.length ? "error" : "warn";
+  box.hidden = lines.length === 0;
+}
+
 async function refresh() {
   clearTimeout(state.timer);
   const generation = ++state.generation; // a newer call (another key) supersedes this one
@@ -301,12 +325,14 @@ async function refresh() {
     return;
   }
   try {
-    const [tenants, backends, errors] = await Promise.all([
+    const [tenants, backends, errors, verdict] = await Promise.all([
       call("ListTenants"),
       call("ListBackends"),
       call("ListRecentErrors"),
+      health(),
     ]);
     if (generation !== state.generation) return;
+    renderHealth(verdict);
     renderTenants(tenants);
     renderBackends(backends);
     renderErrors(errors);
