@@ -127,7 +127,7 @@ def walk_count(signal: Signal, data: bytes) -> int:
 # Unknown fields are found without materialising them (an UnknownFieldSet of millions of entries
 # took seconds and ~700 MiB): once they are discarded, the message re-encodes to exactly the
 # input's length only if there were none. The shallow schema is chosen so that re-encoding never
-# makes anything longer (a duplicate of a singular field is dropped, numbers are unsigned so none
+# makes anything longer (a duplicate of a singular scalar is dropped, numbers are unsigned so none
 # grows to ten bytes), hence equal lengths prove there was no unknown field; it is proto2, so a
 # field sent with its default value (an empty `dictionary`, `is_monotonic: false`) is re-encoded.
 # Otherwise (unknown fields, or an encoding that is valid but not minimal) the Python walk decides,
@@ -235,10 +235,14 @@ def _shallow_type(signal: Signal) -> type[Message]:
                 field.label = _FDP.LABEL_REPEATED
                 field.type = _FDP.TYPE_BYTES
             else:
-                # a singular field sent twice is kept once (re-encoded shorter: the walk decides)
-                repeated = known[number] & _REPEATED
+                # Length-delimited fields are all kept as repeated bytes: a message field sent
+                # twice (what enrich.py forwards: a second `resource` per entry) re-encodes to
+                # the same length, so a request from an upstream gateway stays on this path. A
+                # scalar sent twice is kept once (re-encoded shorter: the walk decides).
+                wtype = known[number] & 7
+                repeated = known[number] & _REPEATED or wtype == _LEN
                 field.label = _FDP.LABEL_REPEATED if repeated else _FDP.LABEL_OPTIONAL
-                field.type = _SHALLOW_TYPES[known[number] & 7]
+                field.type = _SHALLOW_TYPES[wtype]
     pool = descriptor_pool.DescriptorPool()
     pool.Add(fdp)
     cls = message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{package}.L0"))

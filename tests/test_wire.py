@@ -625,3 +625,17 @@ def test_duplicate_resource_is_counted() -> None:
     req = traces([[2]])
     rs = req.resource_spans[0].SerializeToString() + ld(1, b"\x0a\x00")
     assert count_items(TRACES, ld(1, rs)) == 2
+
+
+def test_a_request_forwarded_by_an_upstream_gateway_stays_on_the_fast_path() -> None:
+    # enrich.py appends a second `resource` to every entry; a next gateway must count such a
+    # request like any other, however many items it holds (the fallback walk stops at
+    # MAX_WALK_FIELDS fields)
+    from gateway.enrich import ResourceEnricher
+
+    req = ExportTraceServiceRequest()
+    scope = req.resource_spans.add().scope_spans.add()
+    for _ in range(wire.MAX_WALK_FIELDS + 1):
+        scope.spans.add()
+    forwarded = ResourceEnricher("acme", {"team": "a"}).apply(TRACES, req.SerializeToString())
+    assert wire.count_items(TRACES, forwarded) == wire.MAX_WALK_FIELDS + 1
