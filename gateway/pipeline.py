@@ -375,21 +375,7 @@ class Destination:
             reason += "; gave up splitting further: the backend refused too many of the parts"
         elif dropped and self._on_invalid is not None:
             self._on_invalid(batch.tenant)
-        recent.note(
-            "dropped",
-            f"{items} {batch.signal.item_name}: {reason}",
-            tenant=batch.tenant,
-            backend=self.config.name,
-            signal=batch.signal.name,
-        )
-        log.error(
-            "backend %s: dropped %d %s of tenant %s: %s",
-            self.name,
-            items,
-            batch.signal.item_name,
-            batch.tenant,
-            reason,
-        )
+        self._report_drop(batch, items, reason)
 
     async def _deliver(self, batch: Batch) -> _Outcome:
         """Deliver with the OTLP retry rules. Returns _TOO_LARGE when the backend refused the
@@ -486,9 +472,13 @@ class Destination:
 
     def _drop(self, batch: Batch, label: str, reason: str) -> None:
         self._count_drop(batch, label)
+        self._report_drop(batch, batch.items, reason)
+
+    def _report_drop(self, batch: Batch, items: int, reason: str) -> None:
+        """One log line and recent-errors entry for `items` dropped of `batch`."""
         recent.note(
             "dropped",
-            f"{batch.items} {batch.signal.item_name}: {reason}",
+            f"{items} {batch.signal.item_name}: {reason}",
             tenant=batch.tenant,
             backend=self.config.name,
             signal=batch.signal.name,
@@ -496,7 +486,7 @@ class Destination:
         log.error(
             "backend %s: dropped %d %s of tenant %s: %s",
             self.name,
-            batch.items,
+            items,
             batch.signal.item_name,
             batch.tenant,
             reason,

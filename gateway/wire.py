@@ -1,14 +1,17 @@
-"""A protobuf wire-format walk: validates the structure of an OTLP export request down to its
-items and counts them, without decoding the items themselves.
+"""Validates the structure of an OTLP export request down to its items and counts them, without
+decoding the items themselves.
 
-Protobuf bodies are forwarded as the bytes that arrived; this walk is the only look inside them
+Protobuf bodies are forwarded as the bytes that arrived; count_items is the only look inside them
 on the hot path. It checks every tag, wire type and length on the levels it walks (request,
 resource, scope, and for metrics the metric), so garbage and truncated bodies are refused; the
-items themselves are skipped by length.
+items themselves are skipped by length. upb does the work on a shallow schema; a Python walk with
+budgets decides what upb's result cannot (unknown fields), and without budgets it is the
+reference the tests hold the fast path to.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
@@ -62,59 +65,6 @@ def skip_scalar(buf: bytes, pos: int, end: int, wtype: int) -> int:
     if pos > end:
         raise WireError("field runs past the end of the message")
     return pos
-
-
-def _walk(buf: bytes, pos: int, end: int, path: tuple[frozenset[int], ...], depth: int) -> int:
-    """Walk the message in buf[pos:end]; count fields path[depth] (descending further if needed)."""
-    wanted = path[depth]
-    last = depth == len(path) - 1
-    count = 0
-    # The hot loop (one turn per span, log record, data point): one- and two-byte tags and
-    # lengths are decoded inline, longer ones by read_varint.
-    while pos < end:
-        b = buf[pos]
-        if b < 0x80:  # one-byte tag, the common case
-            tag = b
-            pos += 1
-        else:
-            tag, pos = read_varint(buf, pos, end)
-        field = tag >> 3
-        wtype = tag & 7
-        if field == 0:
-            raise WireError("field number 0")
-        if wtype == _LEN:
-            if pos + 1 < end:
-                b = buf[pos]
-                if b < 0x80:
-                    size = b
-                    pos += 1
-                else:
-                    b2 = buf[pos + 1]
-                    if b2 < 0x80:
-                        size = (b & 0x7F) | (b2 << 7)
-                        pos += 2
-                    else:
-                        size, pos = read_varint(buf, pos, end)
-            else:
-                size, pos = read_varint(buf, pos, end)
-            stop = pos + size
-            if stop > end:
-                raise WireError("length runs past the end of the message")
-            if field in wanted:
-                count += 1 if last else _walk(buf, pos, stop, path, depth + 1)
-            pos = stop
-        elif field in wanted:
-            raise WireError(f"field {field} has wire type {wtype}, expected a message")
-        else:
-            pos = skip_scalar(buf, pos, end, wtype)
-    if pos != end:
-        raise WireError("field runs past the end of the message")
-    return count
-
-
-def walk_count(signal: Signal, data: bytes) -> int:
-    """count_items in Python: the reference the fast path is tested against."""
-    return _walk(data, 0, len(data), signal.item_path, 0)
 
 
 # The fast path: upb (protobuf's C parser) parses the request with a *shallow* schema built from
@@ -255,10 +205,10 @@ class _Budget:
 
     __slots__ = ("fields", "too_many", "unknown")
 
-    def __init__(self, fields: int, too_many: str) -> None:
+    def __init__(self, fields: int, too_many: str, unknown: int = MAX_UNKNOWN_FIELDS) -> None:
         self.fields = fields
         self.too_many = too_many
-        self.unknown = MAX_UNKNOWN_FIELDS
+        self.unknown = unknown
 
 
 def _checked_walk(
@@ -313,6 +263,13 @@ def _checked_walk(
     if pos != end:
         raise WireError("field runs past the end of the message")
     return count
+
+
+def walk_count(signal: Signal, data: bytes) -> int:
+    """count_items in Python, without budgets: the reference the fast path is tested against."""
+    budget = _Budget(sys.maxsize, "", unknown=sys.maxsize)
+    path = signal.item_path
+    return _checked_walk(data, 0, len(data), path, known_fields(signal), 0, budget, len(path))
 
 
 def checked_walk_count(signal: Signal, data: bytes) -> int:

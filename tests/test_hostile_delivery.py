@@ -28,7 +28,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway import console
-from gateway.wire import encode_varint
 
 from .otlp_peers import (
     Gateway,
@@ -39,37 +38,12 @@ from .otlp_peers import (
     wait_for_port,
     wait_until,
 )
+from .wire_encoding import BAD_UTF8_SPAN, GARBAGE_SPAN, spans_request
 
 PROTOBUF = {"content-type": "application/x-protobuf"}
 RETRY = {"initial_interval": "100ms", "max_interval": "500ms", "max_elapsed": "60s"}
 
 
-def _request(prefix: str, n: int, *, bad: bytes | None = None) -> bytes:
-    """`n` spans named prefix-0 .. prefix-<n-1>; with `bad`, one more span whose bytes are
-    `bad` (valid at the levels the ingress walks, not as a span)."""
-    req = ExportTraceServiceRequest()
-    rs = req.resource_spans.add()
-    rs.resource.attributes.add(key="service.name", value={"string_value": "hostile"})
-    spans = rs.scope_spans.add().spans
-    for i in range(n):
-        spans.add(
-            name=f"{prefix}-{i}",
-            trace_id=os.urandom(16),
-            span_id=os.urandom(8),
-            start_time_unix_nano=1,
-            end_time_unix_nano=2,
-        )
-    data = req.SerializeToString()
-    if bad is None:
-        return data
-    # one more ResourceSpans holding one ScopeSpans holding the bad span
-    scope = b"\x12" + encode_varint(len(bad)) + bad
-    entry = b"\x12" + encode_varint(len(scope)) + scope
-    return data + b"\x0a" + encode_varint(len(entry)) + entry
-
-
-GARBAGE_SPAN = b"\xff\xff\xff\xff\xff\xff"  # not a protobuf message
-BAD_UTF8_SPAN = b"\x2a\x03\xff\xfe\xfd"  # name (field 5) that is not UTF-8
 # A valid span that a backend refuses by a rule of its own (as backends refuse values over their
 # limits): no ingress validation can catch it, so this case always reaches delivery.
 POISON_SPAN = b"\x2a\x06poison"
@@ -188,13 +162,13 @@ def _bad_request_merged(
         # 29 good requests of 10 spans, and in the middle one with 5 good spans and a bad one
         for i in range(30):
             if i == 15:
-                status = _post(gw, _request("mixed", 5, bad=bad))
+                status = _post(gw, spans_request("mixed", 5, bad=bad))
                 if status == 400:  # refused at the ingress: then nothing of it was acknowledged
                     continue
                 assert status == 200
                 good += 5
                 continue
-            assert _post(gw, _request(f"good{i}", 10)) == 200
+            assert _post(gw, spans_request(f"good{i}", 10)) == 200
             good += 10
         started = time.monotonic()
         with (
@@ -240,7 +214,7 @@ def test_a_backend_that_refuses_everything_is_given_up_on_quickly(
         "retry": RETRY,
     }
     with run_gateway(tmp_path, config) as gw:
-        assert _post(gw, _request("refused", 512)) == 200
+        assert _post(gw, spans_request("refused", 512)) == 200
         assert wait_until(
             lambda: (
                 _metric(gw, "otlp_gateway_dropped_items_total", reason="permanent_error") == 512
@@ -317,7 +291,7 @@ def test_an_undecodable_queue_record_is_quarantined_and_the_queue_goes_on(
     sink.status, sink.retry_after = 503, "1"
     with run_gateway(tmp_path, config) as gw:
         for i in range(20):
-            assert _post(gw, _request(f"queued{i}", 10)) == 200
+            assert _post(gw, spans_request(f"queued{i}", 10)) == 200
     segments = sorted((queue_dir / "central").glob("*.seg"))
     records = [(seg, off, n) for seg in segments for off, n in _records(seg)]
     assert len(records) == 20
@@ -326,7 +300,7 @@ def test_an_undecodable_queue_record_is_quarantined_and_the_queue_goes_on(
     sink.status = 200
     with run_gateway(tmp_path, config) as gw:
         assert sink.wait_items("traces", 190, timeout=30) == 190
-        assert _post(gw, _request("new", 10)) == 200  # and new spans are delivered
+        assert _post(gw, spans_request("new", 10)) == 200  # and new spans are delivered
         assert sink.wait_items("traces", 200, timeout=30) == 200
         names = sink.span_names()
         assert len(names) == len(set(names)) == 200
@@ -350,7 +324,7 @@ def test_an_undecodable_queue_record_is_quarantined_and_the_queue_goes_on(
     assert quarantined[0].read_bytes()[_HEADER.size] == 9
     # a restart does not get stuck again, nor quarantine it twice
     with run_gateway(tmp_path, config) as gw:
-        assert _post(gw, _request("after", 10)) == 200
+        assert _post(gw, spans_request("after", 10)) == 200
         assert sink.wait_items("traces", 210, timeout=30) == 210
         assert _metric(gw, "otlp_gateway_queue_quarantined_records", backend="central") == 1
         verdict = httpx.get(gw.admin_url + "/readyz").json()
@@ -401,7 +375,7 @@ def test_a_large_batch_to_a_file_backend_does_not_stall_other_clients(tmp_path: 
             with httpx.Client(timeout=30) as client:
                 i = 0
                 while not stop.is_set():
-                    body = _request(f"small{i}", 5)
+                    body = spans_request(f"small{i}", 5)
                     began = time.monotonic()
                     r = client.post(gw.http_endpoint + "/v1/traces", content=body, headers=PROTOBUF)
                     latencies.append(time.monotonic() - began)
@@ -485,7 +459,7 @@ def test_an_export_worker_survives_an_exception_from_one_batch(
         await pipeline.start()
         bad = b"\x0a\xff\xff\xff\x0f" + b"\x00" * 2000  # a length that runs past the end
         await pipeline.submit(Batch(traces, bad, 1, "t"), [config.name])
-        good = _request("after", 3)
+        good = spans_request("after", 3)
         await pipeline.submit(Batch(traces, good, 3, "t"), [config.name])
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:

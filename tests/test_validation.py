@@ -5,7 +5,6 @@ delivered all the same."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,28 +16,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import validate
 from gateway.signals import TRACES
-from gateway.wire import count_items, encode_varint
+from gateway.wire import count_items
 
 from .otlp_peers import Gateway, Sink, run_gateway, wait_until
+from .wire_encoding import BAD_UTF8_SPAN, GARBAGE_SPAN, spans_request
 
 PROTOBUF = {"content-type": "application/x-protobuf"}
-GARBAGE_SPAN = b"\xff\xff\xff\xff\xff\xff"  # not a protobuf message
-BAD_UTF8_SPAN = b"\x2a\x03\xff\xfe\xfd"  # a name (field 5) that is not UTF-8
-
-
-def _request(prefix: str, n: int, bad: bytes | None = None) -> bytes:
-    """`n` spans prefix-0 .. prefix-<n-1>; with `bad`, one more span made of those bytes (valid
-    at the levels the ingress wire walk checks, not as a span)."""
-    req = ExportTraceServiceRequest()
-    spans = req.resource_spans.add().scope_spans.add().spans
-    for i in range(n):
-        spans.add(name=f"{prefix}-{i}", trace_id=os.urandom(16), span_id=os.urandom(8))
-    data = req.SerializeToString()
-    if bad is None:
-        return data
-    scope = b"\x12" + encode_varint(len(bad)) + bad
-    entry = b"\x12" + encode_varint(len(scope)) + scope
-    return data + b"\x0a" + encode_varint(len(entry)) + entry
 
 
 def _deep(levels: int) -> bytes:
@@ -55,10 +38,10 @@ def _deep(levels: int) -> bytes:
 
 
 def test_check_decodes_every_item() -> None:
-    validate.check(TRACES, _request("ok", 3))
+    validate.check(TRACES, spans_request("ok", 3))
     validate.check(TRACES, _deep(150))  # deeper than protobuf's own decoder goes: still valid
     for bad in (GARBAGE_SPAN, BAD_UTF8_SPAN):
-        data = _request("ok", 3, bad)
+        data = spans_request("ok", 3, bad=bad)
         assert count_items(TRACES, data) == 4  # the wire walk lets it through
         with pytest.raises(validate.Malformed, match="cannot be decoded"):
             validate.check(TRACES, data)
@@ -108,10 +91,10 @@ def _config(sink: Sink, mode: str | None) -> dict[str, Any]:
 def test_full_validation_refuses_undecodable_items_at_the_door(tmp_path: Path) -> None:
     with Sink().running() as sink, run_gateway(tmp_path, _config(sink, "full")) as gw:
         for bad in (GARBAGE_SPAN, BAD_UTF8_SPAN):
-            refused = _post(gw, _request("mixed", 5, bad))
+            refused = _post(gw, spans_request("mixed", 5, bad=bad))
             assert refused.status_code == 400
             assert b"cannot be decoded" in refused.content
-        assert _post(gw, _request("good", 10)).status_code == 200
+        assert _post(gw, spans_request("good", 10)).status_code == 200
         assert sink.wait_items("traces", 10) == 10
         assert sink.span_names() == sorted(f"good-{i}" for i in range(10))
         assert _metric(gw, "otlp_gateway_requests_total", outcome="invalid") == 2
@@ -122,7 +105,7 @@ def test_full_validation_refuses_undecodable_items_at_the_door(tmp_path: Path) -
 def test_auto_validation_starts_for_a_tenant_a_backend_refused(tmp_path: Path) -> None:
     with Sink().running() as sink, run_gateway(tmp_path, _config(sink, None)) as gw:
         # Nobody is suspect yet: the malformed request passes the wire walk and is acknowledged.
-        assert _post(gw, _request("mixed", 5, GARBAGE_SPAN)).status_code == 200
+        assert _post(gw, spans_request("mixed", 5, bad=GARBAGE_SPAN)).status_code == 200
         # The backend (its decoder) refuses the batch; the pipeline splits it back, delivers
         # the 5 good spans and drops the bad one.
         assert sink.wait_items("traces", 5, timeout=30) == 5
@@ -130,9 +113,9 @@ def test_auto_validation_starts_for_a_tenant_a_backend_refused(tmp_path: Path) -
             lambda: _metric(gw, "otlp_gateway_dropped_items_total", reason="permanent_error") == 1
         )
         # From now on this tenant's requests are decoded before they are acknowledged.
-        refused = _post(gw, _request("mixed2", 5, BAD_UTF8_SPAN))
+        refused = _post(gw, spans_request("mixed2", 5, bad=BAD_UTF8_SPAN))
         assert refused.status_code == 400
-        assert _post(gw, _request("good", 10)).status_code == 200
+        assert _post(gw, spans_request("good", 10)).status_code == 200
         assert sink.wait_items("traces", 15) == 15
         assert sink.span_names() == sorted(
             [f"mixed-{i}" for i in range(5)] + [f"good-{i}" for i in range(10)]
