@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
 import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -66,60 +67,66 @@ async def run(fn: Callable[..., T], *args: object) -> T:
 
 class _Worker:
     """One `python -m gateway.decodeworker` process, one request at a time, started on first use
-    and again after it died. Its pipes are served by the event loop, which never waits."""
+    and again after it died. Its pipes are written and read by one thread of its own (pipe I/O
+    releases the GIL), so the event loop only waits for the answer, and nothing of the process
+    belongs to an event loop (tests run one loop after another)."""
 
     def __init__(self) -> None:
-        self._proc: asyncio.subprocess.Process | None = None
-        self._lock: asyncio.Lock | None = None
-        # the loop the process's pipes belong to: another one (a new asyncio.run, as in tests)
-        # starts a process of its own
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._thread: ThreadPoolExecutor | None = None
 
     async def ask(self, kind: int, body: bytes) -> tuple[int, bytes]:
         """(status, answer) for one request frame."""
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix="otlp-decode-pipe")
         loop = asyncio.get_running_loop()
-        if self._loop is not loop:
-            self._stop()
-            self._loop, self._lock = loop, asyncio.Lock()
-        assert self._lock is not None
-        async with self._lock:
-            proc = await self._started()
-            assert proc.stdin is not None and proc.stdout is not None
-            try:
-                proc.stdin.write(decodeworker.HEADER.pack(kind, len(body)))
-                proc.stdin.write(body)
-                await proc.stdin.drain()
-                status, size = decodeworker.HEADER.unpack(
-                    await proc.stdout.readexactly(decodeworker.HEADER.size)
-                )
-                return status, await proc.stdout.readexactly(size)
-            except (OSError, asyncio.IncompleteReadError):
-                self._stop()
-                raise WorkerLost("the process decoding the request exited") from None
-            except BaseException:
-                self._stop()  # cancelled mid-frame: the pipe is out of step
-                raise
+        return await loop.run_in_executor(self._thread, self._ask, kind, body)
 
-    async def _started(self) -> asyncio.subprocess.Process:
-        if self._proc is None or self._proc.returncode is not None:
-            self._proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "gateway.decodeworker",
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                limit=2**31,
+    def _ask(self, kind: int, body: bytes) -> tuple[int, bytes]:
+        proc = self._started()
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            proc.stdin.write(decodeworker.HEADER.pack(kind, len(body)))
+            proc.stdin.write(body)
+            proc.stdin.flush()
+            header = proc.stdout.read(decodeworker.HEADER.size)
+            if len(header) < decodeworker.HEADER.size:
+                raise EOFError
+            status, size = decodeworker.HEADER.unpack(header)
+            answer = proc.stdout.read(size)
+            if len(answer) < size:
+                raise EOFError
+            return status, answer
+        except (OSError, EOFError):
+            self._stop()
+            raise WorkerLost("the process decoding the request exited") from None
+
+    def _started(self) -> subprocess.Popen[bytes]:
+        if self._proc is None or self._proc.poll() is not None:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "gateway.decodeworker"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
             )
         return self._proc
 
     def _stop(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is not None and proc.returncode is None:
+        if proc is not None and proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
+            proc.wait()
+        if proc is not None:
+            for pipe in (proc.stdin, proc.stdout):
+                if pipe is not None:
+                    with contextlib.suppress(OSError):
+                        pipe.close()
 
     def close(self) -> None:
         self._stop()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.shutdown(wait=False)
 
 
 _worker = _Worker()
