@@ -60,15 +60,11 @@ class GatewayApp:
         main: Starlette,
         admin: Starlette,
         admin_port: int | None,
-        pipeline: Pipeline,
-        reloader: Reloader,
         tail: TailHub,
     ) -> None:
         self.main = main
         self.admin = admin
         self.admin_port = admin_port
-        self.pipeline = pipeline
-        self.reloader = reloader
         self.tail = tail
         self.refuse_early: RefuseEarly | None = None
 
@@ -86,7 +82,7 @@ class GatewayApp:
         self.tail.close()
 
 
-def create_app(config: GatewayConfig, server: str | None = None) -> GatewayApp:
+def create_app(config: GatewayConfig) -> GatewayApp:
     pipeline = Pipeline(config.backends, config.retry, config.worker)
     tail = TailHub()
     validation = Validation(config.validate)
@@ -96,7 +92,7 @@ def create_app(config: GatewayConfig, server: str | None = None) -> GatewayApp:
     reloader = Reloader(config, intake, pipeline)
     readiness = Readiness(pipeline.problems, pipeline.warnings)
     metrics.QUEUES.source = pipeline.queue_readings
-    metrics.set_build_info(__version__, server or config.server)
+    metrics.set_build_info(__version__, config.server)
 
     # one budget for every transport, with a share per tenant and a pause limit per body
     limits = config.limits
@@ -153,7 +149,7 @@ def create_app(config: GatewayConfig, server: str | None = None) -> GatewayApp:
     main = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     api = AdminAPI(lambda: reloader.config, intake, pipeline, tail)
     admin = admin_app(api, readiness)
-    gateway = GatewayApp(main, admin, admin_port(config), pipeline, reloader, tail)
+    gateway = GatewayApp(main, admin, admin_port(config), tail)
     # for the HTTP/2 server: refuses keyless OTLP streams before they cost an app task
     gateway.refuse_early = EarlyRefusal(intake, admin_port(config))
     return gateway

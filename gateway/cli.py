@@ -132,7 +132,10 @@ def _with_tls_flags(config: GatewayConfig, args: argparse.Namespace) -> GatewayC
 
 
 def main(argv: list[str] | None = None) -> int:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="otlp-gateway", description="OTLP ingestion gateway")
+    parser.add_argument("--version", action="version", version=f"otlp-gateway {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve_p = sub.add_parser("serve", help="run the gateway")
     serve_p.add_argument("--config", "-c", help="YAML config file (default: embedded default)")

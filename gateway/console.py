@@ -23,10 +23,6 @@ ADMIN_KEY_FILE = "admin-api-key"  # where the embedded default keeps its admin k
 DEFAULT_ADMIN_URL = f"http://{DEFAULT_ADMIN_LISTEN}"
 
 
-class AdminUnreachable(Exception):
-    pass
-
-
 def admin_key(given: str | None, data_dir: str) -> str | None:
     """--key, else $OTLP_GATEWAY_ADMIN_KEY, else the embedded default's key file."""
     if given:

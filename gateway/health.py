@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from starlette.types import Receive, Scope, Send
 
 from . import limits, wire
+from .errors import GrpcCode
 from .grpc_ingress import frame, send_grpc, unframe
 from .signals import SIGNALS
 
@@ -111,21 +112,27 @@ class GrpcHealth:
             return
         try:
             body = await limits.read_body(receive, 64 * 1024)
-        except (limits.TooLarge, limits.ClientGone):
-            await send_grpc(send, code=3, text="the request is too large or incomplete")
+        except (limits.TooLarge, limits.ClientGone, limits.BodyTimeout):
+            await send_grpc(
+                send, code=GrpcCode.INVALID_ARGUMENT, text="the request is too large or incomplete"
+            )
             return
         method = scope["path"].rsplit("/", 1)[-1]
         if method != "Check":
             await send_grpc(
-                send, code=12, text=f"{GRPC_SERVICE}/{method} is not offered; use Check"
+                send,
+                code=GrpcCode.UNIMPLEMENTED,
+                text=f"{GRPC_SERVICE}/{method} is not offered; use Check",
             )
             return
         service = _service_name(body)
         if service is None:
-            await send_grpc(send, code=3, text="the body is not a HealthCheckRequest")
+            await send_grpc(
+                send, code=GrpcCode.INVALID_ARGUMENT, text="the body is not a HealthCheckRequest"
+            )
             return
         if service not in KNOWN_SERVICES:
-            await send_grpc(send, code=5, text=f"unknown service {service!r}")
+            await send_grpc(send, code=GrpcCode.NOT_FOUND, text=f"unknown service {service!r}")
             return
         status = NOT_SERVING if await self._readiness.problems() else SERVING
         await send_grpc(send, frame(bytes([0x08, status])))  # field 1 (status), varint

@@ -13,8 +13,6 @@ import re
 import time
 from typing import Any
 
-FORMATS = ("text", "json")
-
 
 class JSONFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:

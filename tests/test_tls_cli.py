@@ -215,3 +215,13 @@ def test_tls_flag_errors(tmp_path: Path, pki: dict[str, Path]) -> None:
     r = run_cli(tmp_path, "check", "--config", str(config), "--tls-cert", str(pki["cert"]))
     assert r.returncode == 2
     assert "unrecognized arguments" in r.stderr
+
+
+def test_version_is_the_package_version() -> None:
+    from importlib.metadata import version
+
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", "--version"], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"otlp-gateway {version('otlp-gateway')}"
