@@ -5,6 +5,7 @@ delivered all the same."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,16 @@ def test_check_decodes_every_item() -> None:
         assert count_items(TRACES, data) == 4  # the wire walk lets it through
         with pytest.raises(validate.Malformed, match="cannot be decoded"):
             validate.check(TRACES, data)
+
+
+def test_large_requests_are_validated_in_the_decode_process() -> None:
+    from gateway import offload
+
+    big = spans_request("ok", 5000)  # over offload.VALIDATE_PROCESS_MIN_BYTES
+    assert len(big) >= offload.VALIDATE_PROCESS_MIN_BYTES
+    asyncio.run(offload.validate(TRACES, big))
+    with pytest.raises(validate.Malformed, match="cannot be decoded"):
+        asyncio.run(offload.validate(TRACES, spans_request("ok", 5000, bad=BAD_UTF8_SPAN)))
 
 
 def test_which_tenants_are_validated() -> None:
