@@ -526,15 +526,17 @@ def test_backend_down_30s_other_unaffected_then_caught_up(tmp_path: Path) -> Non
                 a_during = len(a.delivered_names(tag))
                 acked = load.acked_names()
                 statuses = load.statuses()
-                # B got every request within 2 s of its sending, during the outage
+                missing_a = wait_delivered(a, acked, timeout=60)
+                caught_up = time.monotonic() - outage_start - outage
+                missing_b = wait_delivered(b, acked, timeout=10)
+                # B got every request within 2 s of its sending, during the outage (read once B
+                # has everything: the last requests' deliveries may still be in flight when the
+                # load ends)
                 latency = {
                     s: b.first_seen.get(f"{tag}:{s}:0", float("inf")) - o.sent
                     for s, o in list(load.results.items())
                     if o.status == 200
                 }
-                missing_a = wait_delivered(a, acked, timeout=60)
-                caught_up = time.monotonic() - outage_start - outage
-                missing_b = wait_delivered(b, acked, timeout=10)
                 log = gw.log()
     finally:
         a.stop()

@@ -56,10 +56,11 @@ class FileExporter:
             if not target.exists():
                 break
             when += timedelta(microseconds=1)
-        os.replace(self._dir / f"{signal}.jsonl", target)
+        # The oldest go first, so that no reader ever sees more than max_files rotated files.
         rotated = sorted(self._dir.glob(f"{signal}-*.jsonl"))
-        for old in rotated[: max(0, len(rotated) - self._max_files)]:
+        for old in rotated[: max(0, len(rotated) + 1 - self._max_files)]:
             old.unlink(missing_ok=True)
+        os.replace(self._dir / f"{signal}.jsonl", target)
 
     async def aclose(self) -> None:
         async with self._lock:
