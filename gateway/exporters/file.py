@@ -41,12 +41,16 @@ class FileExporter:
         if f is None:
             self._dir.mkdir(parents=True, exist_ok=True)
             f = self._files[signal] = open(self._dir / f"{signal}.jsonl", "ab")  # noqa: SIM115
+        last = f.tell() + len(line) >= self._rotate_bytes
+        if last:
+            # Rotated before the line that fills it is written, through the open file: a reader
+            # that sees the line sees the rotation done too.
+            self._rotate(signal)
         f.write(line)
         f.flush()
-        if f.tell() >= self._rotate_bytes:
+        if last:
             f.close()
             del self._files[signal]
-            self._rotate(signal)
 
     def _rotate(self, signal: str) -> None:
         # Fixed-width UTC stamps to the microsecond: names sort by age, and a name is never reused.
