@@ -313,9 +313,15 @@ class Rotel:
 
 
 @contextlib.contextmanager
-def run_rotel(tmp_path: Path, exporter_endpoint: str, protocol: str = "http") -> Iterator[Rotel]:
-    """rotel receiving OTLP (gRPC and HTTP) and exporting OTLP to `exporter_endpoint`."""
-    grpc_port, http_port = free_port(), free_port()
+def run_rotel(
+    tmp_path: Path,
+    exporter_endpoint: str,
+    protocol: str = "http",
+    ports: tuple[int, int] | None = None,
+) -> Iterator[Rotel]:
+    """rotel receiving OTLP (gRPC and HTTP) and exporting OTLP to `exporter_endpoint`; on
+    `ports` (gRPC, HTTP) when given, e.g. ports a gateway was configured for before rotel is up."""
+    grpc_port, http_port = ports if ports is not None else (free_port(), free_port())
     log_path = tmp_path / f"rotel-{grpc_port}.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(

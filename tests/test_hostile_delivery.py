@@ -11,11 +11,9 @@ import gzip
 import io
 import os
 import struct
-import subprocess
 import threading
 import time
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,9 +31,8 @@ from .otlp_peers import (
     Gateway,
     Sink,
     free_port,
-    rotel_binary,
     run_gateway,
-    wait_for_port,
+    run_rotel,
     wait_until,
 )
 from .wire_encoding import BAD_UTF8_SPAN, GARBAGE_SPAN, spans_request
@@ -81,42 +78,6 @@ def _metric(gw: Gateway, name: str, **labels: str) -> float:
         for (n, ls), v in _metrics(gw).items()
         if n == name and all((k, val) in ls for k, val in labels.items())
     )
-
-
-@contextlib.contextmanager
-def _rotel(grpc_port: int, http_port: int, sink: Sink, log: Path) -> Iterator[None]:
-    """rotel on the given ports (the gateway is configured for them before rotel is up, so
-    the gateway's queue fills and merges meanwhile), forwarding to `sink`."""
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [
-                rotel_binary(),
-                "start",
-                "--otlp-grpc-endpoint",
-                f"127.0.0.1:{grpc_port}",
-                "--otlp-http-endpoint",
-                f"127.0.0.1:{http_port}",
-                "--exporter",
-                "otlp",
-                "--otlp-exporter-endpoint",
-                sink.endpoint,
-                "--otlp-exporter-protocol",
-                "http",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_for_port(grpc_port)
-        wait_for_port(http_port)
-        yield
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 # -- 1. a malformed request merged with good ones -----------------------------------------------
@@ -172,7 +133,9 @@ def _bad_request_merged(
             good += 10
         started = time.monotonic()
         with (
-            _rotel(grpc_port, http_port, sink, tmp_path / "rotel.log")
+            # rotel on the ports the gateway was configured for: refused connections until now,
+            # so the gateway's queue filled and merged meanwhile
+            run_rotel(tmp_path, sink.endpoint, ports=(grpc_port, http_port))
             if downstream == "rotel"
             else contextlib.nullcontext()
         ):
