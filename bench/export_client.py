@@ -8,7 +8,7 @@ threads count) per 1000 exports.
 
 Clients (each one runs in a fresh subprocess, `--rounds` times, interleaved):
   grpcio       grpc.aio channel, unary_unary with identity (de)serializers, Compression.Gzip
-               (what gateway/exporters/grpc.py does; grpc core's gzip is zlib level 6)
+               (what gateway/delivery/exporters/grpc.py does; grpc core's gzip is zlib level 6)
   connect      connect-python TraceServiceClient, ProtocolType.GRPC, pyqwest HTTPTransport with
                http_version=HTTP2 (h2c prior knowledge), GzipCompression(level 6), a request class
                whose SerializeToString returns the stored bytes

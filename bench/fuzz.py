@@ -64,8 +64,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (  # noqa: 
     ExportTraceServiceRequest,
 )
 
-from gateway import otlpjson, wire  # noqa: E402
-from gateway.signals import BY_NAME  # noqa: E402
+from gateway.otlp import jsonpb as otlpjson  # noqa: E402
+from gateway.otlp import wire  # noqa: E402
+from gateway.otlp.signals import BY_NAME  # noqa: E402
 from tests.otlp_peers import Gateway, free_port, run_gateway, wait_for_port  # noqa: E402
 
 KEYS = {"acme": "fuzz-key-acme", "beta": "fuzz-key-beta", "gamma": "fuzz-key-gamma"}

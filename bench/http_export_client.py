@@ -4,8 +4,8 @@ Each client posts the 512-span request of run.py, gzipped at level 1 (about 40 K
 counting sink (sink.py, core 1) with 4 requests in flight; the client runs in its own process on
 core 0 and its CPU is `time.process_time()` (every thread: pyqwest's tokio workers too) over the
 measured requests, after 200 warm-up requests. Clients: httpx (AsyncClient, h11), httpx over
-pyqwest's transport (pyqwest.httpx), and pyqwest's own Client, as gateway/exporters/http.py uses
-it. Prints one JSON line per run and a median table.
+pyqwest's transport (pyqwest.httpx), and pyqwest's own Client, as
+gateway/delivery/exporters/http.py uses it. Prints one JSON line per run and a median table.
 
   uv run --frozen python bench/http_export_client.py --requests 4000 --repeat 3
 
@@ -36,7 +36,7 @@ async def _measure(client: str, requests: int, concurrency: int) -> dict[str, ob
     from pyqwest.httpx import AsyncPyqwestTransport
 
     from bench.run import build_request
-    from gateway import gz
+    from gateway.otlp import gz
 
     url = f"http://127.0.0.1:{PORT}/v1/traces"
     body = gz.gzip_compress(build_request(), 1)

@@ -48,7 +48,7 @@ import grpc  # noqa: E402
 import httpx  # noqa: E402
 
 from bench.export_client import build_request  # noqa: E402
-from gateway import keys  # noqa: E402
+from gateway.tenancy import keys  # noqa: E402
 from tests.otlp_peers import Sink, run_gateway  # noqa: E402
 
 GRPC_PATHS = {

@@ -1093,10 +1093,10 @@ def stop_profile(
 
 # The innermost frame's module -> the part of the hot path a sample belongs to (first match)
 PROFILE_COMPONENTS = (
-    ("gzip (gateway/gz.py, zlib, ISA-L)", ("gateway/gz.py", "zlib", "isal", "/gzip.py")),
-    ("wire walk: validation + counts (gateway/wire.py)", ("gateway/wire.py",)),
-    ("enrichment (gateway/enrich.py)", ("gateway/enrich.py",)),
-    ("durable spool (gateway/spool.py)", ("gateway/spool.py",)),
+    ("gzip (gateway/otlp/gz.py, zlib, ISA-L)", ("gateway/otlp/gz.py", "zlib", "isal", "/gzip.py")),
+    ("wire walk: validation + counts (gateway/otlp/wire.py)", ("gateway/otlp/wire.py",)),
+    ("enrichment (gateway/tenancy/enrich.py)", ("gateway/tenancy/enrich.py",)),
+    ("durable spool (gateway/delivery/spool.py)", ("gateway/delivery/spool.py",)),
     ("rest of the gateway (gateway/)", ("gateway/",)),
     ("connect-python (gRPC server)", ("connectrpc/",)),
     ("HTTP/2 framing (h2, hyperframe, hpack)", ("h2/", "hyperframe/", "hpack/")),

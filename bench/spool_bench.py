@@ -13,7 +13,7 @@ Stores:
   sqlite    SQLite in WAL mode, synchronous=FULL, table q(id INTEGER PRIMARY KEY, payload BLOB);
             one transaction (executemany INSERT + COMMIT) per group. Read-back: SELECT in id
             order; ack: DELETE by id, one transaction per 1000 acks (WAL fsync per commit).
-  spool     gateway/spool.py (the chosen implementation, segments as above plus a 28-byte
+  spool     gateway/delivery/spool.py (the chosen implementation, segments as above plus a 28-byte
             header with id and timestamp; acks via per-segment ack files, fsync'd lazily).
 
 Each run is bounded (--seconds per configuration and --max-mib written), in a fresh temporary
@@ -260,7 +260,7 @@ class SpoolStore:
 
     @classmethod
     async def create(cls, directory: Path) -> SpoolStore:
-        from gateway.spool import Spool
+        from gateway.delivery.spool import Spool
 
         # memory_bytes=0: get() reads every record back from its file, like the other stores
         # (the default 32 MiB keeps recent records in memory: read+ack then skips the pread)

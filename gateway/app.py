@@ -16,22 +16,23 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import Receive, Scope, Send
 
-from . import __version__, metrics
-from .admin import AdminAPI, admin_app
-from .config import DEFAULT_TENANT, GatewayConfig
-from .early import EarlyRefusal
-from .guard import RefuseEarly
-from .health import GrpcHealth, Readiness
-from .http_ingress import OTLPHTTPEndpoint
-from .intake import Intake
-from .limits import InFlight
-from .pipeline import Pipeline
-from .reload import Reloader
-from .rpc_ingress import RPCService
-from .signals import SIGNALS
-from .tail import TailHub
-from .tenants import Directory
-from .validate import Validation
+from gateway import __version__
+from gateway.admin.app import AdminAPI, admin_app
+from gateway.admin.health import GrpcHealth, Readiness
+from gateway.analysis.tail import TailHub
+from gateway.config import DEFAULT_TENANT, GatewayConfig
+from gateway.delivery.pipeline import Pipeline
+from gateway.ingress.connect import RPCService
+from gateway.ingress.early import EarlyRefusal
+from gateway.ingress.guard import RefuseEarly
+from gateway.ingress.http import OTLPHTTPEndpoint
+from gateway.ingress.intake import Intake
+from gateway.ingress.limits import InFlight
+from gateway.otlp.signals import SIGNALS
+from gateway.otlp.validate import Validation
+from gateway.reload import Reloader
+from gateway.telemetry import metrics
+from gateway.tenancy.tenants import Directory
 
 log = logging.getLogger("otlp_gateway")
 

@@ -8,10 +8,11 @@ import os
 import sys
 from pathlib import Path
 
-from . import config as config_mod
-from . import console as console_mod
-from . import keys, logs
-from .config import ConfigError, GatewayConfig
+from gateway import config as config_mod
+from gateway.admin import console as console_mod
+from gateway.config import ConfigError, GatewayConfig
+from gateway.telemetry import logs
+from gateway.tenancy import keys
 
 BANNER = """\
 otlp-gateway {version} listening on {listen}
@@ -38,7 +39,7 @@ def _url(config: GatewayConfig, address: str) -> str:
 
 
 def banner(config: GatewayConfig, dev_key: str | None = None) -> str:
-    from . import __version__
+    from gateway import __version__
 
     grpc_addr = next((a for a in config.listen if a.endswith(":4317")), config.listen[0])
     http_addr = next((a for a in config.listen if a.endswith(":4318")), config.listen[-1])
@@ -132,7 +133,7 @@ def _with_tls_flags(config: GatewayConfig, args: argparse.Namespace) -> GatewayC
 
 
 def main(argv: list[str] | None = None) -> int:
-    from . import __version__
+    from gateway import __version__
 
     parser = argparse.ArgumentParser(prog="otlp-gateway", description="OTLP ingestion gateway")
     parser.add_argument("--version", action="version", version=f"otlp-gateway {__version__}")
@@ -213,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         config = _with_tls_flags(config, args)
         if config.tls is not None:
-            from .server import tls_context_ok
+            from gateway.server.run import tls_context_ok
 
             try:
                 tls_context_ok(config.tls.cert, config.tls.key)
@@ -241,10 +242,11 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("otlp_gateway").info(banner(config, dev_key).rstrip())
     else:
         print(banner(config, dev_key), flush=True)
-    from .server import serve
+    from gateway.app import create_app
+    from gateway.server.run import serve
 
     try:
-        serve(config, log_level=level)
+        serve(config, create_app, log_level=level)
     except OSError as exc:
         print(f"otlp-gateway: cannot listen: {exc}", file=sys.stderr)
         return 1

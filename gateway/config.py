@@ -12,15 +12,6 @@ from typing import Any
 
 import yaml
 
-from .limits import (
-    DEFAULT_BODY_TIMEOUT,
-    DEFAULT_HEADER_TIMEOUT,
-    DEFAULT_MAX_BODY_BYTES,
-    DEFAULT_MAX_INFLIGHT_BYTES,
-    DEFAULT_MAX_REQUEST_BYTES,
-    Limits,
-)
-
 PROTOCOLS = ("grpc", "http/protobuf", "http/json", "file")
 SIGNAL_NAMES = ("traces", "metrics", "logs", "profiles")
 KEY_PREFIX = "sha256:"
@@ -39,6 +30,36 @@ DEFAULT_TENANT = "default"
 
 class ConfigError(ValueError):
     """The configuration is invalid; the message names the file, line and key."""
+
+
+# -- request limits (enforced by gateway/ingress/limits.py) --
+
+DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024  # after decompression
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024  # on the wire, before decompression
+DEFAULT_MAX_INFLIGHT_BYTES = 256 * 1024 * 1024
+DEFAULT_INFLIGHT_SHARE = 0.5  # of max_inflight_bytes, per tenant
+DEFAULT_BODY_TIMEOUT = 30.0  # seconds between two reads of a body (nginx: 60 s)
+DEFAULT_HEADER_TIMEOUT = 30.0  # seconds for a whole HTTP/1.1 request head (nginx: 60 s)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    # request bytes being read and processed at once, all transports together; above it new
+    # requests get 429 / RESOURCE_EXHAUSTED before their body is read
+    max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES
+    # what one tenant may hold of them (bytes; None: DEFAULT_INFLIGHT_SHARE of the budget), so
+    # that one tenant's slow or huge requests cannot get every other tenant a 429
+    max_inflight_share: int | None = None
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+
+    @property
+    def inflight_share(self) -> int:
+        if self.max_inflight_share is not None:
+            return min(self.max_inflight_share, self.max_inflight_bytes)
+        return int(self.max_inflight_bytes * DEFAULT_INFLIGHT_SHARE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +203,7 @@ class GatewayConfig:
     admin: AdminConfig = AdminConfig()
     log: LogConfig = LogConfig()
     workers: int = 1  # processes serving the same ports (SO_REUSEPORT), each with its own queues
-    # whose requests get every item decoded before they are acknowledged (gateway/validate.py)
+    # whose requests get every item decoded before they are acknowledged (gateway/otlp/validate.py)
     validate: str = "auto"
     worker: int | None = None  # this process's index, when workers > 1
     pinned: tuple[str, ...] = ()  # fields set on the command line: a reload keeps them

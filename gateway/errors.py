@@ -84,3 +84,10 @@ class Unavailable(GatewayError):
     http_status = 503
     grpc_code = GrpcCode.UNAVAILABLE
     reason = "unavailable"
+
+
+def too_large_message(what: str, cap: int) -> str:
+    return (
+        f"{what} is larger than the limit of {cap} bytes; send smaller batches "
+        f"(for example lower the SDK's max export batch size)"
+    )

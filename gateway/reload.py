@@ -13,12 +13,12 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from . import config as config_mod
-from . import metrics, recent
-from .config import ConfigError, GatewayConfig
-from .intake import Intake
-from .pipeline import Pipeline
-from .tenants import Directory
+from gateway import config as config_mod
+from gateway.config import ConfigError, GatewayConfig
+from gateway.delivery.pipeline import Pipeline
+from gateway.ingress.intake import Intake
+from gateway.telemetry import metrics, recent
+from gateway.tenancy.tenants import Directory
 
 log = logging.getLogger("otlp_gateway.reload")
 

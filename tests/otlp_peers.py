@@ -122,8 +122,8 @@ class Sink:
             return Response(status_code=self.status, headers=headers)
         msg = REQUEST_TYPES[signal]()
         if request.headers.get("content-type", "").startswith("application/json"):
-            from gateway import otlpjson
-            from gateway.signals import BY_NAME
+            from gateway.otlp import jsonpb as otlpjson
+            from gateway.otlp.signals import BY_NAME
 
             msg.ParseFromString(otlpjson.json_to_proto(BY_NAME[signal], body))
         else:

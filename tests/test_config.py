@@ -12,8 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import ConfigError, load, parse
-from gateway.limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_REQUEST_BYTES
+from gateway.config import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_REQUEST_BYTES,
+    ConfigError,
+    load,
+    parse,
+)
 
 from .otlp_peers import ROOT
 

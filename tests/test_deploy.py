@@ -27,8 +27,8 @@ import yaml
 from hcl2.utils import SerializationOptions
 
 from gateway import config as config_mod
-from gateway import keys
-from gateway.signals import SIGNALS
+from gateway.otlp.signals import SIGNALS
+from gateway.tenancy import keys
 
 from .otlp_peers import ROOT, Sink, free_port, wait_until
 from .test_tls_cli import serve

@@ -1,4 +1,4 @@
-"""gateway.enrich: tenant attributes added to every resource at the wire level, client-sent
+"""gateway.tenancy.enrich: tenant attributes added to every resource at the wire level, client-sent
 attributes with our keys removed; checked against a full decode + modify."""
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric, NumberDataPoint
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from gateway.enrich import TENANT_KEY, ResourceEnricher
-from gateway.signals import LOGS, METRICS, PROFILES, TRACES, Signal
-from gateway.wire import WireError, count_items
+from gateway.otlp.signals import LOGS, METRICS, PROFILES, TRACES, Signal
+from gateway.otlp.wire import WireError, count_items
+from gateway.tenancy.enrich import TENANT_KEY, ResourceEnricher
 
 from .wire_encoding import ld, varint
 

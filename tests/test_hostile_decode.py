@@ -26,8 +26,10 @@ import pytest
 import zstandard
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from gateway import limits, otlpjson, wire
-from gateway.signals import TRACES
+from gateway.ingress import limits
+from gateway.otlp import jsonpb as otlpjson
+from gateway.otlp import wire
+from gateway.otlp.signals import TRACES
 
 from .otlp_peers import Gateway, Sink, run_gateway
 from .test_bad_input import TRACE_RPC, grpc_frame, h2_grpc_call, trace_request

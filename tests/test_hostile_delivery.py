@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway import console
+from gateway.admin import console
 
 from .otlp_peers import (
     Gateway,
@@ -191,7 +191,7 @@ def test_a_backend_that_refuses_everything_is_given_up_on_quickly(
 
 # -- 2. a queue record that passes its crc but does not decode -----------------------------------
 
-_HEADER = struct.Struct("<4sIIQQ")  # gateway/spool.py's record header
+_HEADER = struct.Struct("<4sIIQQ")  # gateway/delivery/spool.py's record header
 
 
 def _records(segment: Path) -> list[tuple[int, int]]:
@@ -210,7 +210,7 @@ def _corrupt_version(segment: Path, offset: int, length: int) -> None:
     with open(segment, "r+b") as f:
         f.seek(offset)
         frame = bytearray(f.read(_HEADER.size + length))
-        frame[_HEADER.size] = 9  # the queue record's version byte (gateway/queues.py)
+        frame[_HEADER.size] = 9  # the queue record's version byte (gateway/delivery/queues.py)
         crc = zlib.crc32(bytes(frame[8:]))
         struct.pack_into("<I", frame, 4, crc)
         f.seek(offset)
@@ -398,11 +398,11 @@ def test_an_export_worker_survives_an_exception_from_one_batch(
     worker silently. Now it is logged, counted and set aside, and the next batch goes out."""
     import asyncio
 
-    from gateway import metrics
-    from gateway.batch import Batch
     from gateway.config import BackendConfig, QueueConfig, RetryConfig
-    from gateway.pipeline import Pipeline
-    from gateway.signals import BY_NAME
+    from gateway.delivery.batch import Batch
+    from gateway.delivery.pipeline import Pipeline
+    from gateway.otlp.signals import BY_NAME
+    from gateway.telemetry import metrics
 
     traces = BY_NAME["traces"]
     out = tmp_path / "out"

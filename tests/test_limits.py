@@ -1,5 +1,5 @@
 """Request size limits: a gzip bomb against a running gateway does not inflate in its memory, and
-unit tests of gateway.limits.decompress."""
+unit tests of gateway.ingress.limits.decompress."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import grpc
 import httpx
 import pytest
 
-from gateway import limits
-from gateway.limits import BadEncoding, TooLarge, UnknownEncoding, decompress
+from gateway.ingress import limits
+from gateway.ingress.limits import BadEncoding, TooLarge, UnknownEncoding, decompress
 
 from .otlp_peers import Gateway, Sink, run_gateway
 from .test_bad_input import (
@@ -286,17 +286,17 @@ def test_refused_rpc_request_leaves_nothing_behind(
     collector off: connect-python keeps the caught error in a frame its traceback points back
     to, and that cycle used to pin the request's buffers (~30 MiB for a 15 MiB message) until
     the next full collection."""
-    from gateway.config import GatewayConfig
-    from gateway.intake import Intake
-    from gateway.pipeline import Pipeline
-    from gateway.rpc_ingress import RPCService
-    from gateway.signals import TRACES
-    from gateway.tenants import Directory
+    from gateway.config import GatewayConfig, Limits
+    from gateway.delivery.pipeline import Pipeline
+    from gateway.ingress.connect import RPCService
+    from gateway.ingress.intake import Intake
+    from gateway.otlp.signals import TRACES
+    from gateway.tenancy.tenants import Directory
 
     # a pipeline that was never started refuses valid requests as UNAVAILABLE
     config = GatewayConfig()
     intake = Intake(Directory(config), Pipeline(config.backends, config.retry))
-    service = RPCService(TRACES, intake, limits.Limits(), limits.InFlight(1 << 30))
+    service = RPCService(TRACES, intake, Limits(), limits.InFlight(1 << 30))
     body = make_body()
     chunks = [body[i : i + MB] for i in range(0, len(body), MB)]
     del body
@@ -336,7 +336,7 @@ def test_refused_rpc_request_leaves_nothing_behind(
 
 
 # ---------------------------------------------------------------------------------------------
-# gateway.limits.decompress
+# gateway.ingress.limits.decompress
 
 
 DATA = bytes(range(256)) * 40 + b"tail"

@@ -31,12 +31,12 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway import keys
 from gateway._gen.opentelemetry.proto.collector.trace.v1.trace_service_connect import (
     TraceServiceClient,
 )
 from gateway._gen.otlp_gateway.admin.v1 import admin_pb2 as pb
 from gateway._gen.otlp_gateway.admin.v1.admin_connect import AdminServiceClient
+from gateway.tenancy import keys
 
 from .otlp_peers import ROOT, Gateway, Sink, free_port, run_gateway, wait_until
 
@@ -185,8 +185,8 @@ def test_metrics_count_a_known_run_exactly(tmp_path: Path) -> None:
             for _ in range(2):
                 body = request(*spans(4), span("healthcheck")).SerializeToString()
                 assert post(gw, body, {**PROTOBUF, **bearer(ACME)}) == 200
-            from gateway import otlpjson
-            from gateway.signals import TRACES
+            from gateway.otlp import jsonpb as otlpjson
+            from gateway.otlp.signals import TRACES
 
             as_json = otlpjson.proto_to_json(TRACES, request(*spans(3)).SerializeToString())
             assert post(gw, as_json, {"content-type": "application/json", **bearer(ACME)}) == 200

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from gateway import gz
-from gateway.batch import Batch
 from gateway.config import BackendConfig, RetryConfig
-from gateway.pipeline import MergeMemo, Pipeline
-from gateway.signals import TRACES
+from gateway.delivery.batch import Batch
+from gateway.delivery.pipeline import MergeMemo, Pipeline
+from gateway.otlp import gz
+from gateway.otlp.signals import TRACES
 
 from .otlp_peers import Sink, run_gateway
 

@@ -1,5 +1,6 @@
-"""gateway.split: oversized export requests split into valid requests at the wire level; checked by
-decoding every part and comparing each item, with all its ancestors, with the original."""
+"""gateway.otlp.split: oversized export requests split into valid requests at the wire level;
+checked by decoding every part and comparing each item, with all its ancestors, with the
+original."""
 
 from __future__ import annotations
 
@@ -30,9 +31,9 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
 from opentelemetry.proto.profiles.v1development.profiles_pb2 import Profile, Sample
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from gateway.signals import LOGS, METRICS, PROFILES, TRACES, Signal
-from gateway.split import halves, split
-from gateway.wire import WireError, count_items
+from gateway.otlp.signals import LOGS, METRICS, PROFILES, TRACES, Signal
+from gateway.otlp.split import halves, split
+from gateway.otlp.wire import WireError, count_items
 
 from .wire_encoding import ld, varint
 

@@ -1,4 +1,4 @@
-"""gateway/spool.py: durability across kill -9, repair of damaged files, acks, bounds."""
+"""gateway/delivery/spool.py: durability across kill -9, repair of damaged files, acks, bounds."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.spool import (
+from gateway.delivery.spool import (
     HEADER_SIZE,
     QUARANTINE_DIR,
     RecordTooLarge,
@@ -472,7 +472,7 @@ def test_damaged_ack_log_only_duplicates(tmp_path: Path) -> None:
 CHILD = r"""
 import asyncio, hashlib, random, sys
 sys.path.insert(0, sys.argv[3])
-from gateway.spool import Spool, SpoolFull
+from gateway.delivery.spool import Spool, SpoolFull
 
 def body(key, size):  # as in the test module
     head = key.encode() + b"|"

@@ -50,10 +50,10 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from gateway import keys
 from gateway._gen.opentelemetry.proto.collector.trace.v1.trace_service_connect import (
     TraceServiceClient,
 )
+from gateway.tenancy import keys
 
 from .otlp_peers import Gateway, Sink, run_gateway, wait_until
 

@@ -24,7 +24,7 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
 )
 
 from gateway import config as config_mod
-from gateway import keys
+from gateway.tenancy import keys
 
 from .otlp_peers import Gateway, Sink, free_port, send_spans, wait_ready, wait_until
 

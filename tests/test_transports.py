@@ -873,8 +873,8 @@ def test_file_backend_writes_otlp_json_lines(file_gateway: tuple[Gateway, Path])
         assert span["kind"] == Span.SPAN_KIND_CLIENT  # enums as integers
         assert isinstance(span["startTimeUnixNano"], str)  # int64 as strings
     # and it reads back as OTLP/JSON
-    from gateway import otlpjson
-    from gateway.signals import TRACES
+    from gateway.otlp import jsonpb as otlpjson
+    from gateway.otlp.signals import TRACES
 
     back = ExportTraceServiceRequest.FromString(
         otlpjson.json_to_proto(TRACES, json.dumps(docs[0]).encode())

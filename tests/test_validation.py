@@ -1,7 +1,7 @@
-"""Deep validation (gateway/validate.py): `validate: full` refuses a request whose items cannot be
-decoded with 400 before it is acknowledged; `validate: auto` (the default) does so for a tenant
-once a backend refused some of its data as invalid, while the good data merged with the bad is
-delivered all the same."""
+"""Deep validation (gateway/otlp/validate.py): `validate: full` refuses a request whose items
+cannot be decoded with 400 before it is acknowledged; `validate: auto` (the default) does so for
+a tenant once a backend refused some of its data as invalid, while the good data merged with the
+bad is delivered all the same."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway import validate
-from gateway.signals import TRACES
-from gateway.wire import count_items
+from gateway.otlp import validate
+from gateway.otlp.signals import TRACES
+from gateway.otlp.wire import count_items
 
 from .otlp_peers import Gateway, Sink, run_gateway, wait_until
 from .wire_encoding import BAD_UTF8_SPAN, GARBAGE_SPAN, spans_request
@@ -49,7 +49,7 @@ def test_check_decodes_every_item() -> None:
 
 
 def test_large_requests_are_validated_in_the_decode_process() -> None:
-    from gateway import offload
+    from gateway.otlp import offload
 
     big = spans_request("ok", 5000)  # over offload.VALIDATE_PROCESS_MIN_BYTES
     assert len(big) >= offload.VALIDATE_PROCESS_MIN_BYTES

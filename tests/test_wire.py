@@ -1,5 +1,5 @@
-"""gateway.wire (the protobuf wire walk that validates and counts) and gateway.otlpjson (OTLP/JSON
-with hex ids <-> protobuf)."""
+"""gateway.otlp.wire (the protobuf wire walk that validates and counts) and gateway.otlp.jsonpb
+(OTLP/JSON with hex ids <-> protobuf)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,10 @@ from opentelemetry.proto.collector.profiles.v1development.profiles_service_pb2 i
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from gateway import otlpjson, wire
-from gateway.signals import LOGS, METRICS, PROFILES, TRACES
-from gateway.wire import WireError, count_items
+from gateway.otlp import jsonpb as otlpjson
+from gateway.otlp import wire
+from gateway.otlp.signals import LOGS, METRICS, PROFILES, TRACES
+from gateway.otlp.wire import WireError, count_items
 
 from .otlp_peers import count_items as decoded_count
 from .wire_encoding import ld, varint
@@ -502,7 +503,7 @@ def test_fast_count_agrees_with_the_reference_walk() -> None:
     numbers past protobuf's maximum (2^29 - 1), which no valid message has: rare in mutations."""
     import random
 
-    from gateway.wire import walk_count
+    from gateway.otlp.wire import walk_count
 
     def outcome(f: Any, signal: Any, data: bytes) -> int | str:
         try:
@@ -631,7 +632,7 @@ def test_a_request_forwarded_by_an_upstream_gateway_stays_on_the_fast_path() -> 
     # enrich.py appends a second `resource` to every entry; a next gateway must count such a
     # request like any other, however many items it holds (the fallback walk stops at
     # MAX_WALK_FIELDS fields)
-    from gateway.enrich import ResourceEnricher
+    from gateway.tenancy.enrich import ResourceEnricher
 
     req = ExportTraceServiceRequest()
     scope = req.resource_spans.add().scope_spans.add()

@@ -1,0 +1,283 @@
+"""The admin listener: /metrics, /healthz, /readyz and the gRPC health service (no key), the
+admin API (otlp_gateway.admin.v1.AdminService, Connect / gRPC / gRPC-web) and the status page
+(admin key). It reads what the other layers expose; it changes nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from connectrpc.code import Code
+from connectrpc.errors import ConnectError
+from connectrpc.request import RequestContext
+from google.rpc import error_details_pb2
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
+
+from gateway._gen.otlp_gateway.admin.v1 import admin_pb2 as pb
+from gateway._gen.otlp_gateway.admin.v1.admin_connect import AdminServiceASGIApplication
+from gateway.admin.health import GrpcHealth, HealthzEndpoint, Readiness, ReadyzEndpoint
+from gateway.analysis.tail import TailHub
+from gateway.config import KEY_PREFIX, GatewayConfig
+from gateway.delivery.pipeline import Pipeline
+from gateway.ingress.guard import FailureLimiter, retry_after
+from gateway.ingress.intake import Intake
+from gateway.otlp import spans
+from gateway.telemetry import metrics, recent
+from gateway.tenancy import keys
+
+STATIC = Path(__file__).parent / "static"
+ROWS_PER_MESSAGE = 500
+
+NO_ADMIN_KEY = (
+    "the admin API is off: set admin.api_key in the config (for example "
+    'api_key: "${ADMIN_KEY}") and reload'
+)
+WRONG_ADMIN_KEY = "missing or wrong admin key: send `authorization: Bearer <admin key>`"
+
+
+def _admin_digest(configured: str) -> bytes:
+    if configured.startswith(KEY_PREFIX):
+        return bytes.fromhex(configured.removeprefix(KEY_PREFIX))
+    return hashlib.sha256(configured.encode()).digest()
+
+
+def _peer_address(client: str | None) -> str:
+    """The client's address without its port ("10.0.0.7:51234" -> "10.0.0.7")."""
+    if not client:
+        return ""
+    host = client.rpartition(":")[0] or client
+    return host.strip("[]")
+
+
+def _locked_out(ctx: RequestContext[Any, Any], wait: float) -> ConnectError:
+    seconds = retry_after(wait)
+    ctx.response_headers()["retry-after"] = str(seconds)
+    info = error_details_pb2.RetryInfo()
+    info.retry_delay.FromTimedelta(timedelta(seconds=seconds))
+    return ConnectError(
+        Code.RESOURCE_EXHAUSTED,
+        f"too many wrong admin keys from this address; retry after {seconds}s "
+        "(the wait grows with every further wrong key)",
+        details=[info],
+    )
+
+
+def _sum_by(counter: Counter, label: str, **match: str) -> dict[str, float]:
+    totals: dict[str, float] = defaultdict(float)
+    for family in counter.collect():
+        for sample in family.samples:
+            if not sample.name.endswith("_total"):
+                continue
+            if all(sample.labels.get(k) == v for k, v in match.items()):
+                totals[sample.labels[label]] += sample.value
+    return totals
+
+
+class AdminAPI:
+    """otlp_gateway.admin.v1.AdminService."""
+
+    def __init__(
+        self,
+        config: Callable[[], GatewayConfig],
+        intake: Intake,
+        pipeline: Pipeline,
+        tail: TailHub,
+    ) -> None:
+        self._config = config  # the config in use (it changes on reload)
+        self._intake = intake
+        self._pipeline = pipeline
+        self._tail = tail
+        self._failures = FailureLimiter()
+
+    def _authorize(self, ctx: RequestContext[Any, Any]) -> None:
+        configured = self._config().admin.api_key
+        if not configured:
+            raise ConnectError(Code.PERMISSION_DENIED, NO_ADMIN_KEY)
+        # Guessing the key: after a few failures a peer waits, longer after each further one,
+        # and its attempts meanwhile are not checked (a right key too, until the wait is over).
+        peer = _peer_address(ctx.client_address())
+        wait = self._failures.wait(peer)
+        if wait > 0:
+            metrics.ADMIN_AUTH_FAILURES.labels("locked_out").inc()
+            raise _locked_out(ctx, wait)
+        headers = ctx.request_headers()
+        _, key = keys.credentials({k: headers.get(k, "") for k in ("authorization", "x-api-key")})
+        presented = hashlib.sha256((key or "").encode()).digest()
+        if key is None or not hmac.compare_digest(presented, _admin_digest(configured)):
+            metrics.ADMIN_AUTH_FAILURES.labels("unauthenticated").inc()
+            self._failures.failed(peer)
+            raise ConnectError(Code.UNAUTHENTICATED, WRONG_ADMIN_KEY)
+        self._failures.succeeded(peer)
+
+    async def list_tenants(
+        self, request: pb.ListTenantsRequest, ctx: RequestContext[Any, Any]
+    ) -> pb.ListTenantsResponse:
+        self._authorize(ctx)
+        directory = self._intake.directory
+        accepted = _sum_by(metrics.ACCEPTED_ITEMS, "tenant")
+        refused = {
+            tenant: total for tenant, total in _sum_by(metrics.REQUESTS, "tenant").items() if tenant
+        }
+        accepted_requests = _sum_by(metrics.REQUESTS, "tenant", outcome="accepted")
+        out = pb.ListTenantsResponse(open=directory.open)
+        for name, tenant in directory.tenants.items():
+            c = tenant.config
+            routes = {b for s in tenant.signals for b in tenant.routes[s]}
+            own = sorted(routes - set(self._config().service_backends))
+            out.tenants.append(
+                pb.Tenant(
+                    name=name,
+                    api_keys=len(c.api_keys),
+                    backends=own,
+                    resource_attributes=dict(c.attributes),
+                    red_metrics=tenant.red is not None,
+                    drop_rules=len(c.drop),
+                    quota_items_per_second=c.quota.items_per_second or 0.0,
+                    quota_bytes_per_second=c.quota.bytes_per_second or 0.0,
+                    accepted_items=int(accepted.get(name, 0)),
+                    refused_requests=int(refused.get(name, 0) - accepted_requests.get(name, 0)),
+                )
+            )
+        return out
+
+    async def list_backends(
+        self, request: pb.ListBackendsRequest, ctx: RequestContext[Any, Any]
+    ) -> pb.ListBackendsResponse:
+        self._authorize(ctx)
+        config = self._config()
+        exported = _sum_by(metrics.EXPORTED_ITEMS, "backend")
+        dropped = _sum_by(metrics.DROPPED_ITEMS, "backend")
+        readings = self._pipeline.queue_readings()
+        destinations = list(self._pipeline.destinations.values())
+        out = pb.ListBackendsResponse()
+        for name, b in self._pipeline.backends.items():
+            mine = [d for d in destinations if d.config.name == name]
+            failing = [d for d in mine if d.last_error_time]
+            latest = max(failing, key=lambda d: d.last_error_time, default=None)
+            backend = pb.Backend(
+                name=name,
+                protocol=b.protocol,
+                endpoint=b.path if b.protocol == "file" else b.endpoint,
+                service_wide=name in config.service_backends,
+                state=(
+                    pb.BACKEND_STATE_RETRYING
+                    if any(d.retrying for d in mine)
+                    else pb.BACKEND_STATE_UP
+                ),
+                last_error=latest.last_error or "" if latest is not None else "",
+                last_error_time=latest.last_error_time if latest is not None else 0.0,
+                durable=b.queue.durable,
+                exported_items=int(exported.get(name, 0)),
+                dropped_items=int(dropped.get(name, 0)),
+            )
+            for r in readings:
+                if r.backend == name:
+                    backend.queues.append(
+                        pb.Queue(
+                            tenant=r.tenant,
+                            batches=r.batches,
+                            bytes=r.bytes,
+                            max_bytes=r.max_bytes,
+                            oldest_age_seconds=r.oldest_age,
+                        )
+                    )
+            out.backends.append(backend)
+        return out
+
+    async def list_recent_errors(
+        self, request: pb.ListRecentErrorsRequest, ctx: RequestContext[Any, Any]
+    ) -> pb.ListRecentErrorsResponse:
+        self._authorize(ctx)
+        return pb.ListRecentErrorsResponse(
+            errors=[
+                pb.RecentError(
+                    time=e.time,
+                    kind=e.kind,
+                    tenant=e.tenant,
+                    backend=e.backend,
+                    signal=e.signal,
+                    message=e.message,
+                )
+                for e in recent.newest_first()
+            ]
+        )
+
+    async def tail(
+        self, request: pb.TailRequest, ctx: RequestContext[Any, Any]
+    ) -> AsyncIterator[pb.TailResponse]:
+        self._authorize(ctx)
+        tenants = self._intake.directory.tenants
+        if request.tenant not in tenants:
+            raise ConnectError(
+                Code.NOT_FOUND,
+                f"no tenant {request.tenant!r}; tenants: {', '.join(tenants) or 'none'}",
+            )
+        with self._tail.watch(request.tenant, request.service) as watcher:
+            # An empty first message sends the response headers at once: the caller knows it is
+            # watching (connect-python sends headers with the first message, not before).
+            yield pb.TailResponse()
+            async for rows, skipped in watcher.rows():
+                shown = []
+                for r in rows:
+                    try:
+                        shown.append(_row(request.tenant, r))
+                    except (ValueError, TypeError):  # a value the row cannot hold: skip the row
+                        skipped += 1
+                for start in range(0, max(1, len(shown)), ROWS_PER_MESSAGE):
+                    yield pb.TailResponse(
+                        rows=shown[start : start + ROWS_PER_MESSAGE],
+                        skipped=skipped if start == 0 else 0,
+                    )
+
+
+_ROW_FIELDS = tuple(f.name for f in dataclasses.fields(spans.AccessRow))  # AccessRow's, but tenant
+
+
+def _row(tenant: str, row: spans.AccessRow) -> pb.AccessRow:
+    return pb.AccessRow(tenant=tenant, **{name: getattr(row, name) for name in _ROW_FIELDS})
+
+
+async def _metrics(request: Request) -> Response:
+    return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _status_page(request: Request) -> Response:
+    return FileResponse(STATIC / "status.html", headers={"cache-control": "no-store"})
+
+
+class _Forward:
+    """Mount target that hands the request on unchanged (connect-python routes by full path)."""
+
+    def __init__(self, app: Any) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._app(scope, receive, send)
+
+
+def admin_app(api: AdminAPI, readiness: Readiness) -> Starlette:
+    service = AdminServiceASGIApplication(api, read_max_bytes=64 * 1024)
+    grpc_health = GrpcHealth(readiness)
+    routes = [
+        Route("/metrics", _metrics, methods=["GET"]),
+        Route("/healthz", HealthzEndpoint(), methods=["GET", "HEAD"]),
+        Route("/readyz", ReadyzEndpoint(readiness), methods=["GET", "HEAD"]),
+        Route("/", _status_page, methods=["GET"]),
+        Mount("/static", app=StaticFiles(directory=STATIC, check_dir=False)),
+        Mount(service.path, app=_Forward(service)),
+        Mount(grpc_health.path, app=grpc_health),
+    ]
+    return Starlette(routes=routes)

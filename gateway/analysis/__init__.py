@@ -1,0 +1,1 @@
+"""Analysis of accepted spans after the acknowledgement: RED metrics and the live tail."""

@@ -1,0 +1,1 @@
+"""Delivery: a queue, workers, merging and retry per destination, and the exporters."""

@@ -1,0 +1,261 @@
+"""OTLP/gRPC Export served directly: the hot path of every gRPC exporter.
+
+A unary Export is one length-prefixed message in, one out, and a status in the trailers, so it is
+handled here on the wire, as OTLP/HTTP is in http_ingress: the body is read with a byte cap,
+inflated with a bounded inflater, validated and counted by the wire walk, and handed to the
+intake; nothing is copied or decoded on the way. connect-python still serves gRPC-web, Connect
+and gRPC with the JSON codec (rpc_ingress), which are rare and not performance-critical.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from datetime import timedelta
+from urllib.parse import quote
+
+from google.rpc import error_details_pb2, status_pb2
+from starlette.types import Message, Receive, Scope, Send
+
+from gateway.config import Limits
+from gateway.errors import (
+    GatewayError,
+    GrpcCode,
+    InvalidRequest,
+    RequestTooLarge,
+    UnsupportedMediaType,
+    too_large_message,
+)
+from gateway.ingress import limits
+from gateway.ingress.intake import Intake, count_items, count_items_off_loop, text_headers
+from gateway.otlp import offload
+from gateway.otlp.signals import Signal
+from gateway.tenancy.tenants import Tenant
+
+PROTO_TYPES = frozenset({b"application/grpc", b"application/grpc+proto"})
+_ENCODINGS = {"identity": "", "gzip": "gzip", "deflate": "deflate", "zstd": "zstd"}
+_ACCEPT = b"gzip,deflate,zstd,identity"
+_PREFIX = 5  # compressed flag (1 byte) + message length (4 bytes, big-endian)
+# gRPC: at most 8 ASCII digits and a unit; Connect: at most 10 digits (milliseconds).
+_TIMEOUTS = {
+    "grpc-timeout": (re.compile(r"[0-9]{1,8}[HMSmun]\Z"), "1 to 8 digits and a unit (H M S m u n)"),
+    "connect-timeout-ms": (re.compile(r"[0-9]{1,10}\Z"), "1 to 10 digits (milliseconds)"),
+}
+
+
+def timeout_problem(headers: dict[str, str]) -> InvalidRequest | None:
+    """The refusal for a malformed grpc-timeout or connect-timeout-ms header, if there is one."""
+    for name, (pattern, form) in _TIMEOUTS.items():
+        value = headers.get(name)
+        if value is not None and not pattern.match(value):
+            return InvalidRequest(f"{name} {value[:64]!r} is not a valid timeout: send {form}")
+    return None
+
+
+class Unimplemented(GatewayError):
+    http_status = 415
+    grpc_code = GrpcCode.UNIMPLEMENTED
+    reason = "unsupported_media_type"
+
+
+class _MethodNotAllowed(GatewayError):
+    http_status = 405
+    grpc_code = GrpcCode.UNIMPLEMENTED
+    reason = "method_not_allowed"
+
+
+class _ProtocolError(GatewayError):
+    """gRPC's own rule: a compressed message without a grpc-encoding is INTERNAL."""
+
+    http_status = 400
+    grpc_code = GrpcCode.INTERNAL
+    reason = "invalid"
+
+
+def is_grpc_proto(scope: Scope) -> bool:
+    """gRPC with the protobuf codec, on a server that can send trailers (HTTP/2)."""
+    if "http.response.trailers" not in scope.get("extensions", {}):
+        return False
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            return value.split(b";", 1)[0].strip().lower() in PROTO_TYPES
+    return False
+
+
+class GrpcExport:
+    """The Export method of one signal's service, over gRPC with the protobuf codec."""
+
+    def __init__(
+        self, signal: Signal, intake: Intake, limits_: Limits, inflight: limits.InFlight
+    ) -> None:
+        self.signal = signal
+        self._intake = intake
+        self._limits = limits_
+        self._inflight = inflight
+        self._ok = frame(signal.response_type().SerializeToString())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self._handle(scope, text_headers(scope["headers"]), receive)
+        except GatewayError as error:
+            self._intake.refused(self.signal, "grpc", error)
+            await _respond(send, b"", error)
+            return
+        await _respond(send, self._ok, None)
+
+    async def _handle(self, scope: Scope, headers: dict[str, str], receive: Receive) -> None:
+        length = headers.get("content-length", "")
+        try:
+            if scope["method"] != "POST":  # gRPC is POST only
+                raise _MethodNotAllowed(
+                    f"{scope['method'][:32]!r} is not allowed; gRPC calls are POST"
+                )
+            if not scope["path"].endswith("/Export"):
+                raise Unimplemented(f"{scope['path']} is not a method of {self.signal.service}")
+            encoding = _ENCODINGS.get(headers.get("grpc-encoding", "identity").strip().lower())
+            if encoding is None:
+                raise Unimplemented(
+                    f"grpc-encoding {headers['grpc-encoding']!r} is not "
+                    f"supported; use gzip, deflate, zstd or identity"
+                )
+            tenant = self._intake.admit(self.signal, headers, self._inflight)
+            bad_timeout = timeout_problem(headers)
+            if bad_timeout is not None:
+                bad_timeout.tenant = tenant.name
+                raise bad_timeout
+        except GatewayError:
+            # Read the body away first: answering while the client still sends resets the
+            # stream, and gRPC clients then see INTERNAL instead of our status.
+            await limits.discard_unless_huge(receive, length)
+            raise
+        try:
+            await self._accept(receive, length, encoding, tenant)
+        except GatewayError as error:
+            if error.tenant is None:
+                error.tenant = tenant.name
+            raise
+
+    async def _accept(self, receive: Receive, length: str, encoding: str, tenant: Tenant) -> None:
+        with self._inflight.hold(length) as held:
+            try:
+                body = await held.read(receive, self._limits.max_body_bytes)
+            except limits.TooLarge as exc:
+                raise RequestTooLarge(str(exc)) from None
+            except limits.ClientGone as exc:
+                raise InvalidRequest(str(exc)) from None
+            data = await self._message(body, encoding)
+            if len(data) < offload.PROCESS_MIN_BYTES:
+                items = count_items(self.signal, data, "message")
+            else:
+                items = await count_items_off_loop(self.signal, data, "message")
+            await self._intake.accept(self.signal, data, items, tenant, "grpc")
+
+    async def _message(self, body: bytes, encoding: str) -> bytes:
+        try:
+            flag, data = unframe(body)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from None
+        if flag == 0:
+            if len(data) > self._limits.max_request_bytes:
+                raise RequestTooLarge(
+                    too_large_message("the request", self._limits.max_request_bytes)
+                )
+            return data
+        if flag != 1 or not encoding:
+            raise _ProtocolError("the message is flagged compressed but grpc-encoding is not set")
+        cap = self._limits.max_request_bytes
+        try:
+            if limits.slow_to_decompress(encoding):
+                return await offload.run(limits.decompress, encoding, data, cap)
+            return limits.decompress(encoding, data, cap)
+        except limits.TooLarge as exc:
+            raise RequestTooLarge(str(exc)) from None
+        except limits.BadEncoding as exc:
+            raise InvalidRequest(f"the message is not valid {encoding}: {exc}") from None
+        except limits.UnknownEncoding:  # pragma: no cover - filtered by _ENCODINGS
+            raise UnsupportedMediaType(f"unknown grpc-encoding {encoding!r}") from None
+
+
+def frame(message: bytes) -> bytes:
+    """One uncompressed gRPC length-prefixed message."""
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+def unframe(body: bytes) -> tuple[int, bytes]:
+    """(compressed flag, message) of a body holding exactly one gRPC message; ValueError when it
+    does not."""
+    if len(body) < _PREFIX:
+        raise ValueError("the body is not a gRPC message (shorter than its 5-byte prefix)")
+    size = int.from_bytes(body[1:5], "big")
+    if size != len(body) - _PREFIX:
+        raise ValueError(
+            "the body must be exactly one gRPC message: its prefix says "
+            f"{size} bytes, the body holds {len(body) - _PREFIX}"
+        )
+    return body[0], body[_PREFIX:] if size else b""
+
+
+def retry_info(error: GatewayError) -> error_details_pb2.RetryInfo | None:
+    """OTLP's retry delay for a retryable refusal (RESOURCE_EXHAUSTED, UNAVAILABLE)."""
+    if error.retry_after is None:
+        return None
+    info = error_details_pb2.RetryInfo()
+    info.retry_delay.FromTimedelta(timedelta(seconds=error.retry_after))
+    return info
+
+
+def _status_details(error: GatewayError) -> bytes | None:
+    info = retry_info(error)
+    if info is None:
+        return None
+    status = status_pb2.Status(code=int(error.grpc_code), message=error.message)
+    status.details.add().Pack(info)
+    return base64.b64encode(status.SerializeToString()).rstrip(b"=")
+
+
+async def _respond(send: Send, message: bytes, error: GatewayError | None) -> None:
+    if error is None:
+        await send_grpc(send, message)
+        return
+    trailers = []
+    headers = []
+    details = _status_details(error)
+    if details is not None:
+        trailers.append((b"grpc-status-details-bin", details))
+        headers.append((b"retry-after", str(max(1, round(error.retry_after or 1))).encode()))
+    await send_grpc(send, message, int(error.grpc_code), error.message, headers, trailers)
+
+
+async def send_grpc(
+    send: Send,
+    message: bytes = b"",
+    code: int = 0,
+    text: str = "",
+    headers: list[tuple[bytes, bytes]] | None = None,
+    trailers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    """A gRPC response: headers, the (framed) message, and the status in trailers (sent as
+    trailers even without a message: an ASGI server ends a body-less response with an empty DATA
+    frame, which gRPC clients refuse after trailers-only headers)."""
+    start: Message = {
+        "type": "http.response.start",
+        "status": 200,
+        "headers": [
+            (b"content-type", b"application/grpc"),
+            (b"grpc-accept-encoding", _ACCEPT),
+            *(headers or ()),
+        ],
+        "trailers": True,
+    }
+    status = [(b"grpc-status", str(code).encode())]
+    if code:
+        status.append((b"grpc-message", quote(text, safe=" ").encode()))
+    await send(start)
+    await send({"type": "http.response.body", "body": message, "more_body": False})
+    await send(
+        {
+            "type": "http.response.trailers",
+            "headers": status + (trailers or []),
+            "more_trailers": False,
+        }
+    )

@@ -1,0 +1,1 @@
+"""Serving: listeners, the server implementations (uvicorn with HTTP/2, hypercorn), workers."""

@@ -1,0 +1,217 @@
+"""Runs the app on every configured listener with the chosen server implementation."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import ssl
+from collections.abc import Callable
+from typing import Any, Literal, Protocol
+
+from starlette.types import Receive, Scope, Send
+
+from gateway.config import GatewayConfig
+from gateway.ingress.guard import RefuseEarly
+from gateway.server.workers import supervise
+
+
+class ServedApp(Protocol):
+    """What a server needs of the app it runs (the app is made by the caller: this layer does not
+    know how the gateway is wired)."""
+
+    refuse_early: RefuseEarly | None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None: ...
+
+    def stopping(self) -> None: ...
+
+
+AppFactory = Callable[[GatewayConfig], ServedApp]
+
+log = logging.getLogger("otlp_gateway")
+
+
+def _bind(address: str, port_offset: int = 0, reuse_port: bool = False) -> socket.socket:
+    host, _, port = address.rpartition(":")
+    port = str(int(port) + port_offset)
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted connections only then; without it
+    # every gRPC call waits ~40 ms for a delayed ACK (headers, data, trailers are separate writes).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:  # several worker processes on one port: the kernel spreads connections
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    sock.bind((host, int(port)))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(config: GatewayConfig, make_app: AppFactory, *, log_level: str = "info") -> None:
+    """Serve the app `make_app` builds for `config` until SIGTERM/SIGINT; with `workers: N`, fork
+    N processes that each do so (gateway/server/workers.py)."""
+    if config.workers > 1 and config.worker is None:
+        supervise(config, lambda worker_config: serve(worker_config, make_app, log_level=log_level))
+        return
+    app = make_app(config)
+    several = config.worker is not None
+    sockets = [_bind(address, reuse_port=several) for address in config.listen]
+    admin = None
+    if config.admin.listen is not None:  # worker i: the admin port + i
+        admin = _bind(config.admin.listen, port_offset=config.worker or 0)
+    if config.server == "hypercorn":
+        _serve_hypercorn(app, config, sockets, admin, log_level)
+    else:
+        _serve_uvicorn(app, config, sockets, admin, log_level)
+
+
+def _serve_uvicorn(
+    app: ServedApp,
+    config: GatewayConfig,
+    sockets: list[socket.socket],
+    admin: socket.socket | None,
+    log_level: str,
+) -> None:
+    import uvicorn
+
+    from gateway.server.uvicorn_h2 import ConnectionGuard, guarded
+
+    servers: list[uvicorn.Server] = []
+    # Shared by every connection of the process: the per-peer budget, the early refusal.
+    protocol = guarded(
+        ConnectionGuard(
+            refuse_early=app.refuse_early,
+            header_timeout=config.limits.header_timeout,
+            body_timeout=config.limits.body_timeout,
+        )
+    )
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            # One signal stops every server of the process (the admin one too), and is not
+            # raised again after the graceful shutdown (uvicorn's default): the exit code is 0.
+            app.stopping()
+            for server in servers:
+                if server.should_exit and sig == signal.SIGINT:
+                    server.force_exit = True
+                server.should_exit = True
+
+    def make(tls: bool, lifespan: Literal["on", "off"]) -> Server:
+        kwargs: dict[str, object] = {}
+        if tls and config.tls is not None:
+            kwargs["ssl_certfile"] = config.tls.cert
+            kwargs["ssl_keyfile"] = config.tls.key or config.tls.cert
+        return Server(
+            uvicorn.Config(
+                app,
+                # zttp's h1 and h2 (h2c prior knowledge, ALPN h2 over TLS), with a graceful
+                # GOAWAY before zttp's per-connection stream cap and the budgets against
+                # hostile clients (gateway/server/uvicorn_h2.py)
+                http=protocol,
+                http2=False,
+                lifespan=lifespan,
+                timeout_keep_alive=int(config.timeout_keep_alive),
+                timeout_graceful_shutdown=int(config.shutdown_timeout) + 5,
+                log_level=log_level,
+                access_log=False,
+                log_config=None,  # keep the gateway's log format (text or JSON)
+                server_header=False,
+                **kwargs,  # type: ignore[arg-type]
+            )
+        )
+
+    runs: list[tuple[uvicorn.Server, list[socket.socket]]] = []
+    main_sockets = list(sockets)
+    if admin is not None and config.tls is None:
+        main_sockets.append(admin)
+    servers.append(make(tls=True, lifespan="on"))
+    runs.append((servers[0], main_sockets))
+    if admin is not None and config.tls is not None:
+        # The admin listener stays plaintext: uvicorn has one TLS setting per server.
+        servers.append(make(tls=False, lifespan="off"))
+        runs.append((servers[1], [admin]))
+
+    async def serve_all() -> None:
+        await asyncio.gather(*(server.serve(sockets=socks) for server, socks in runs))
+
+    asyncio.run(serve_all())
+
+
+def _cheap_data_frame_repr() -> None:
+    """h2 4.4 formats `repr(frame)` for a trace log call on every frame it receives, logged or
+    not, and a DATA frame's repr hex-encodes its whole payload: 7% of hypercorn's CPU on gRPC.
+    Describe DATA frames by their size instead."""
+    from hyperframe.frame import DataFrame
+
+    def body_repr(self: DataFrame) -> str:
+        return f"<{len(self.data)} bytes>"
+
+    DataFrame._body_repr = body_repr  # type: ignore[method-assign,assignment]
+
+
+def _serve_hypercorn(
+    app: ServedApp,
+    config: GatewayConfig,
+    sockets: list[socket.socket],
+    admin: socket.socket | None,
+    log_level: str,
+) -> None:
+    from hypercorn.config import Config
+
+    _cheap_data_frame_repr()
+
+    hc = Config()
+    # Hand hypercorn the sockets we bound, as `fd://N` binds (its documented way to serve
+    # pre-bound sockets). detach(): hypercorn's own socket objects own the descriptors from here
+    # on, so nothing closes them twice. With TLS configured, `bind` are the TLS sockets; without,
+    # they are plaintext (h1 and h2c prior knowledge).
+    hc.bind = [f"fd://{sock.detach()}" for sock in sockets]
+    if admin is not None:
+        # The admin listener is plaintext even when the OTLP listeners use TLS: probes and
+        # Prometheus scrape it from inside the cluster or the host.
+        admin_bind = f"fd://{admin.detach()}"
+        if config.tls is not None:
+            hc.insecure_bind = [admin_bind]
+        else:
+            hc.bind.append(admin_bind)
+    hc.backlog = 2048  # asyncio.start_server re-listens with this (hypercorn's default is 100)
+    hc.keep_alive_timeout = config.timeout_keep_alive
+    hc.keep_alive_max_requests = 2**31  # its default (1000) ends long-lived gRPC connections
+    hc.graceful_timeout = config.shutdown_timeout + 5
+    hc.loglevel = log_level.upper()
+    hc.errorlog = logging.getLogger("hypercorn.error")  # through our logging setup, printed once
+    hc.accesslog = None
+    hc.include_server_header = False
+    if config.tls is not None:
+        hc.certfile = config.tls.cert
+        hc.keyfile = config.tls.key or config.tls.cert
+        hc.alpn_protocols = ["h2", "http/1.1"]
+    asyncio.run(_run_hypercorn(app, hc))
+
+
+async def _run_hypercorn(app: ServedApp, hc: Any) -> None:
+    from hypercorn.asyncio import serve as hypercorn_serve
+
+    # Our own signal handling (hypercorn's does the same without the hook): end the live tails
+    # first, so open streams do not hold the graceful shutdown up.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        app.stopping()
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    await hypercorn_serve(app, hc, mode="asgi", shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+
+
+def tls_context_ok(cert: str, key: str | None) -> None:
+    """Fail early with a clear message when the certificate or key cannot be loaded."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)

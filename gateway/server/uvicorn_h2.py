@@ -1,0 +1,306 @@
+"""uvicorn's HTTP/1.1 and HTTP/2 (zttp) with a graceful end to long connections and budgets that
+keep one client from starving the others.
+
+zttp counts every stream a connection ever opens and, at 4096, ends the connection with
+GOAWAY(ENHANCE_YOUR_CALM), which fails the calls in flight: a long-lived OTLP/gRPC exporter
+loses a few exports every 4096 calls (bench/README.md). This protocol sends GOAWAY(NO_ERROR) with
+the last stream it will serve a little before that, finishes the streams in flight, refuses any
+later one with REFUSED_STREAM (clients retry those transparently, on a new connection) and
+leaves closing to the client, with a cap.
+
+Against hostile clients (notes: Rapid Reset, MadeYouReset, slowloris, PING floods):
+- a stream the app would refuse from its headers alone (no or a wrong key) is answered here,
+  without an ASGI task (`ConnectionGuard.refuse_early`, handed in by the app);
+- stream churn (resets from either side, early refusals) spends a per-connection token bucket and
+  a per-peer-address one; when either is empty the connection ends with
+  GOAWAY(ENHANCE_YOUR_CALM), and new connections of a peer without budget are dropped at once;
+- a connection whose unsent bytes pass WRITE_BACKLOG_CAP (a client that sends PINGs but does not
+  read the answers) is aborted;
+- HTTP/1.1: a request head must arrive within `header_timeout`, and after a response the rest of
+  an unread request body within `body_timeout`, or the connection is closed.
+It depends on uvicorn 0.54 / zttp 0.0.35 internals; tests/test_soak.py and
+tests/test_hostile_conn.py guard it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import zttp
+from uvicorn.protocols.http.auto_zttp_impl import AutoZttpProtocol
+from uvicorn.protocols.http.zttp_h2_impl import ZttpH2Protocol
+from uvicorn.protocols.http.zttp_impl import ZttpProtocol
+
+from gateway.ingress.guard import (
+    CONN_CHURN_BURST,
+    CONN_CHURN_RATE,
+    EarlyAnswer,
+    LogThrottle,
+    PeerBudget,
+    RefuseEarly,
+    TokenBucket,
+)
+from gateway.telemetry import metrics
+
+STREAM_BUDGET = 3840  # below zttp's 4096, with room for the streams in flight at the GOAWAY
+CLOSE_AFTER = 5.0  # seconds the connection stays open after its last stream, for the client
+_NO_ERROR, _REFUSED_STREAM, _ENHANCE_YOUR_CALM = 0x0, 0x7, 0xB
+# Bytes queued for a client that does not read (PING and SETTINGS acks, responses) before its
+# connection is aborted. Export responses are small; only a stalled reader gets near this.
+WRITE_BACKLOG_CAP = 1024 * 1024
+
+log = logging.getLogger("otlp_gateway.connections")
+
+
+def _log_summary(reason: str, count: int, interval: float) -> None:
+    log.warning(
+        "ended or refused %d more connections (%s) in the last %.0fs",
+        count,
+        reason,
+        interval,
+        extra={"fields": {"event": "connection_ended", "reason": reason, "suppressed": count}},
+    )
+
+
+_LOG = LogThrottle[str](_log_summary)
+_MESSAGES = {
+    "stream_churn": "a connection reset or opened refused streams faster than its budget; "
+    "ended it with GOAWAY(ENHANCE_YOUR_CALM)",
+    "peer_churn": "a peer address caused stream churn or opened connections faster than its "
+    "budget; ended or refused its connection",
+    "write_backlog": "a client did not read what it was sent; aborted its connection",
+    "header_timeout": "a client did not send a whole request head within limits.header_timeout; "
+    "closed its connection",
+    "body_timeout": "a client did not send the rest of a request body after its answer within "
+    "limits.body_timeout; closed its connection",
+}
+
+
+def _ended(reason: str, peer: str) -> None:
+    metrics.CONNECTIONS_ENDED.labels(reason).inc()
+    if _LOG.admit(reason):
+        log.warning(
+            "%s (peer %s)",
+            _MESSAGES[reason],
+            peer,
+            extra={"fields": {"event": "connection_ended", "reason": reason, "peer": peer}},
+        )
+
+
+@dataclass
+class ConnectionGuard:
+    """What every connection of one server shares: the app's early refusal, the timeouts and
+    the per-peer budget."""
+
+    refuse_early: RefuseEarly | None = None
+    header_timeout: float = 30.0
+    body_timeout: float = 30.0
+    peers: PeerBudget = field(default_factory=PeerBudget)
+
+
+def _peer(transport: asyncio.BaseTransport) -> str:
+    address = transport.get_extra_info("peername")
+    return str(address[0]) if isinstance(address, tuple) and address else ""
+
+
+class GracefulH2Protocol(ZttpH2Protocol):
+    guard: ClassVar[ConnectionGuard] = ConnectionGuard()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._served = 0
+        self._last_stream: int | None = None  # set once the GOAWAY is sent
+        self._close_timer: asyncio.TimerHandle | None = None
+        self._churn = TokenBucket(CONN_CHURN_BURST, CONN_CHURN_RATE)
+        self._refused: dict[int, EarlyAnswer] = {}  # answered once the client ends its body
+        self._peer = ""
+        self._port: int | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._peer = _peer(transport)
+        self._port = self.server[1] if self.server else None
+
+    def data_received(self, data: bytes) -> None:
+        if self.transport.is_closing():  # ended by a budget: nothing more is worth parsing
+            return
+        super().data_received(data)
+        if self.transport.get_write_buffer_size() > WRITE_BACKLOG_CAP:
+            _ended("write_backlog", self._peer)
+            self.transport.abort()  # close() would wait for the client to read the backlog
+
+    def handle_request(self, event: zttp.Request) -> None:
+        if self.transport.is_closing():  # the rest of a read after a budget ended the connection
+            return
+        if self._last_stream is not None and event.stream_id > self._last_stream:
+            self._reset(event.stream_id, _REFUSED_STREAM)
+            return
+        refuse = self.guard.refuse_early
+        if refuse is not None:
+            headers = event.headers
+            header = headers.get if isinstance(headers, zttp.HeaderBlock) else dict(headers).get
+            answer = refuse(self._port, event.path.decode("latin-1"), header)
+            if answer is not None:
+                if event.end_stream:
+                    self._answer(event.stream_id, answer)
+                else:  # answering while the client still sends would make gRPC see INTERNAL
+                    self._refused[event.stream_id] = answer
+                self._spend()
+                return
+        super().handle_request(event)
+        # uvicorn 0.54's HTTP/2 adapter ignores zttp's `Request.end_stream` (its HTTP/1.1 adapter
+        # honours it): a request whose HEADERS frame ends the stream (an empty POST) would wait
+        # for a body forever. Complete it as the HTTP/1.1 adapter does.
+        cycle = self.cycles.get(event.stream_id)
+        if event.end_stream and cycle is not None:
+            cycle.more_body = False
+            cycle.message_event.set()
+        self._served += 1
+        if self._served >= STREAM_BUDGET and self._last_stream is None:
+            self._last_stream = event.stream_id
+            self.conn.close(_NO_ERROR, event.stream_id)
+
+    def events(self) -> Iterator[zttp.Event]:  # type: ignore[override]
+        for event in super().events():
+            if self._refused and isinstance(event, zttp.EndOfMessage):
+                answer = self._refused.pop(event.stream_id, None)
+                if answer is not None:
+                    self._answer(event.stream_id, answer)
+                    continue
+            yield event
+
+    def handle_rst_stream(self, event: zttp.RstStream) -> None:
+        # Resets from the client, and the ones zttp sends for streams it rejects: both churn.
+        self._refused.pop(event.stream_id, None)
+        super().handle_rst_stream(event)
+        self._spend()
+
+    def _answer(self, stream_id: int, answer: EarlyAnswer) -> None:
+        if self.transport.is_closing():
+            return
+        stream = self.conn.stream(stream_id)
+        if answer.trailers_only:
+            stream.send_response(answer.status, answer.headers, end_stream=True)
+        else:
+            stream.send_response(answer.status, answer.headers)
+            stream.send_data(answer.body)
+            stream.end_message()
+
+    def _reset(self, stream_id: int, code: int) -> None:
+        self.conn.stream(stream_id).reset(code)
+        self._spend()
+
+    def _spend(self) -> None:
+        """One unit of stream churn against this connection's and this peer's budgets."""
+        if self.transport.is_closing():
+            return
+        if not self._churn.take():
+            self._calm("stream_churn")
+        elif not self.guard.peers.take(self._peer):
+            self._calm("peer_churn")
+
+    def _calm(self, reason: str) -> None:
+        _ended(reason, self._peer)
+        self.conn.close(_ENHANCE_YOUR_CALM)
+        self.flush()
+        self.transport.close()
+
+    def on_stream_closed(self) -> None:
+        super().on_stream_closed()
+        if self._last_stream is not None and not self.cycles and self._close_timer is None:
+            self._unset_keepalive_if_required()
+            self._close_timer = self.loop.call_later(CLOSE_AFTER, self._close_connection)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+        self._refused.clear()
+        super().connection_lost(exc)
+
+
+class GuardedH1Protocol(ZttpProtocol):
+    """uvicorn's HTTP/1.1 with a request-head timeout and a limit on the time the rest of an
+    unread body may take after the response (uvicorn reads it away to keep the connection)."""
+
+    guard: ClassVar[ConnectionGuard] = ConnectionGuard()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._drain_timer: asyncio.TimerHandle | None = None
+
+    def data_received(self, data: bytes) -> None:
+        cycle = self.cycle
+        if self._head_timer is None and (
+            cycle is None or (cycle.response_complete and not cycle.more_body)
+        ):
+            # The first bytes of a request head: the whole head is due within header_timeout.
+            self._head_timer = self.loop.call_later(
+                self.guard.header_timeout, self._timed_out, "header_timeout"
+            )
+        super().data_received(data)
+        if self._head_timer is not None and self.cycle is not cycle:
+            self._head_timer.cancel()
+            self._head_timer = None
+        if self._drain_timer is not None and not (cycle is not None and cycle.more_body):
+            self._drain_timer.cancel()
+            self._drain_timer = None
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.more_body and not self.transport.is_closing():
+            self._drain_timer = self.loop.call_later(
+                self.guard.body_timeout, self._timed_out, "body_timeout"
+            )
+
+    def _timed_out(self, reason: str) -> None:
+        self._head_timer = self._drain_timer = None
+        if not self.transport.is_closing():
+            _ended(reason, _peer(self.transport))
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for timer in (self._head_timer, self._drain_timer):
+            if timer is not None:
+                timer.cancel()
+        self._head_timer = self._drain_timer = None
+        super().connection_lost(exc)
+
+
+class GracefulAutoProtocol(AutoZttpProtocol):
+    """uvicorn's h1 / h2 dispatch (ALPN, or the h2c preface), with GracefulH2Protocol for h2 and
+    GuardedH1Protocol for h1; a new connection from a peer without budget is dropped at once."""
+
+    guard: ClassVar[ConnectionGuard] = ConnectionGuard()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        if not self.guard.peers.take(_peer(transport)):
+            self.transport = transport
+            _ended("peer_churn", _peer(transport))
+            transport.abort()
+            return
+        super().connection_made(transport)
+
+    def _switch(self, http2: bool, initial_data: bytes = b"") -> None:
+        protocol_class: type[asyncio.Protocol] = GracefulH2Protocol if http2 else GuardedH1Protocol
+        protocol = protocol_class(  # type: ignore[call-arg]
+            config=self.config,
+            server_state=self.server_state,
+            app_state=self.app_state,
+            _loop=self.loop,
+        )
+        protocol.guard = self.guard  # type: ignore[attr-defined]
+        self.transport.set_protocol(protocol)
+        protocol.connection_made(self.transport)
+        if initial_data:
+            protocol.data_received(initial_data)
+
+
+def guarded(guard: ConnectionGuard) -> type[GracefulAutoProtocol]:
+    """The protocol class for uvicorn's `http=` setting, its connections sharing `guard`."""
+    return type("GuardedAutoProtocol", (GracefulAutoProtocol,), {"guard": guard})

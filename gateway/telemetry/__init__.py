@@ -1,0 +1,1 @@
+"""The gateway's own telemetry: every metric defined once, logs, the recent-errors ring."""

@@ -1,0 +1,1 @@
+"""Tenancy: API key -> tenant, allowed signals, routes, quotas, drop rules, enrichment."""

@@ -1,0 +1,177 @@
+"""Who sent a request, and what that tenant's data goes through: API key -> tenant in one step,
+allowed signals, quota, drop rules, enrichment and routes.
+
+A Directory is built from one config and never changes; a reload builds a new one (keeping the
+quota buckets of tenants whose quota did not change) and swaps it in.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Mapping
+
+from gateway.analysis.red import RedMetrics
+from gateway.config import DEFAULT_TENANT, GatewayConfig, TenantConfig
+from gateway.errors import (
+    InvalidRequest,
+    PermissionDenied,
+    RequestTooLarge,
+    Throttled,
+    Unauthenticated,
+    too_large_message,
+)
+from gateway.otlp import offload, spans
+from gateway.otlp.signals import SIGNALS, Signal
+from gateway.otlp.wire import WireError
+from gateway.tenancy import keys
+from gateway.tenancy.drop import DropFilter
+from gateway.tenancy.enrich import ResourceEnricher
+from gateway.tenancy.quota import Quota
+
+log = logging.getLogger("otlp_gateway.tenants")
+
+MISSING_KEY = (
+    "missing API key: send `authorization: Bearer <key>` (OTEL_EXPORTER_OTLP_HEADERS="
+    "authorization=Bearer%20<key>) or `x-api-key: <key>`"
+)
+WRONG_KEY = "the API key is not valid (mistyped, or revoked); ask the gateway's operators for one"
+
+
+def _unique(names: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(names))
+
+
+class Tenant:
+    def __init__(
+        self,
+        config: TenantConfig,
+        service_backends: tuple[str, ...],
+        drop: DropFilter | None,
+        quota: Quota | None,
+        enrich: bool,
+        red: RedMetrics | None = None,
+    ) -> None:
+        self.name = config.name
+        self.config = config
+        self.signals = frozenset(config.signals)
+        self.routes = {
+            s.name: _unique(
+                service_backends + config.backends + config.signal_backends.get(s.name, ())
+            )
+            for s in SIGNALS
+        }
+        self.enricher = ResourceEnricher(config.name, config.attributes) if enrich else None
+        self.drop = drop
+        self.quota = quota
+        self.max_request_bytes = config.quota.max_request_bytes
+        self.digests = tuple(bytes.fromhex(d) for d in config.api_keys)
+        self.red = red  # RED metrics from spans, when the tenant opted in
+
+    def check_signal(self, signal: Signal) -> None:
+        if signal.name not in self.signals:
+            error = PermissionDenied(
+                f"tenant {self.name} may not send {signal.name}; "
+                f"allowed: {', '.join(sorted(self.signals))}"
+            )
+            error.tenant = self.name
+            raise error
+
+    async def prepare(self, signal: Signal, payload: bytes, items: int) -> tuple[bytes, int]:
+        """Apply the tenant's quota, drop rules and enrichment; return what to forward.
+        Raises a GatewayError (InvalidRequest for what the rules or enrichment cannot read)."""
+        if self.max_request_bytes is not None and len(payload) > self.max_request_bytes:
+            raise RequestTooLarge(too_large_message("the request", self.max_request_bytes))
+        if self.quota is not None:
+            wait = self.quota.admit(items, len(payload))
+            if wait > 0:
+                raise Throttled(
+                    f"tenant {self.name} is over its rate quota; retry after {wait:.1f}s",
+                    retry_after=wait,
+                    reason="quota",
+                )
+        if self.drop is not None and self.drop.applies(signal):
+            try:
+                if len(payload) >= offload.MIN_BYTES:  # on a thread, not the event loop
+                    payload, dropped = await offload.run(self.drop.apply, signal, payload)
+                else:
+                    payload, dropped = self.drop.apply(signal, payload)
+            except spans.UndecodableError as exc:
+                raise InvalidRequest(
+                    f"the request cannot go through tenant {self.name}'s drop rules: {exc}; "
+                    "fix the exporter that sent it"
+                ) from None
+            items -= dropped
+        if self.enricher is not None and items:
+            try:
+                payload = self.enricher.apply(signal, payload)
+            except WireError as exc:
+                raise InvalidRequest(
+                    f"a resource in the request is not valid protobuf ({exc}); "
+                    "fix the exporter that sent it"
+                ) from None
+        return payload, items
+
+
+class Directory:
+    def __init__(self, config: GatewayConfig, previous: Directory | None = None) -> None:
+        self.open = config.tenants is None
+        global_rules = list(config.drop)
+        old = previous.tenants if previous is not None else {}
+        tenant_configs = (
+            {DEFAULT_TENANT: TenantConfig(name=DEFAULT_TENANT)}
+            if config.tenants is None
+            else config.tenants
+        )
+        self.tenants: dict[str, Tenant] = {}
+        self._by_digest: dict[bytes, Tenant] = {}
+        for name, tc in tenant_configs.items():
+            rules = global_rules + list(tc.drop)
+            quota = None
+            q = tc.quota
+            if q.items_per_second or q.bytes_per_second:
+                prev = old.get(name)
+                if prev is not None and prev.quota is not None and prev.config.quota == q:
+                    quota = prev.quota  # unchanged by the reload: keep the bucket's state
+                else:
+                    quota = Quota(q.items_per_second, q.bytes_per_second, q.burst_seconds)
+            red = None
+            if tc.red_metrics is not None:
+                prev = old.get(name)
+                if (
+                    prev is not None
+                    and prev.red is not None
+                    and prev.config.red_metrics == tc.red_metrics
+                ):
+                    red = prev.red  # keeps its series count across the reload
+                else:
+                    red = RedMetrics(name, tc.red_metrics.span_kinds, tc.red_metrics.max_series)
+            tenant = Tenant(
+                tc,
+                config.service_backends,
+                DropFilter(rules) if rules else None,
+                quota,
+                enrich=not self.open,
+                red=red,
+            )
+            self.tenants[name] = tenant
+            for digest in tenant.digests:
+                self._by_digest[digest] = tenant
+
+    def authenticate(self, headers: Mapping[str, str], signal: Signal) -> Tenant:
+        """The tenant a request's key belongs to; raises Unauthenticated / PermissionDenied."""
+        if self.open:
+            return self.tenants[DEFAULT_TENANT]
+        named, key = keys.credentials(headers)
+        if key is None:
+            raise Unauthenticated(MISSING_KEY)
+        presented = bytes.fromhex(keys.digest(key))
+        tenant = self._by_digest.get(presented)
+        # Keys are compared as SHA-256 digests (the lookup cannot leak a key's characters); the
+        # final comparison is constant-time all the same.
+        if tenant is None or not any(hmac.compare_digest(presented, d) for d in tenant.digests):
+            raise Unauthenticated(WRONG_KEY)
+        if named is not None and named != tenant.name:
+            raise Unauthenticated(WRONG_KEY)
+        tenant.check_signal(signal)
+        return tenant
