@@ -37,7 +37,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.otlp_peers import free_port, rotel_binary, wait_for_port  # noqa: E402
+from tests.support.peers import free_port, rotel_binary, wait_for_port  # noqa: E402
 
 EXPORT_PATH = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 CLIENTS = ("grpcio", "connect", "connect-l1")

@@ -1,6 +1,6 @@
 """Fuzz the gateway: mutated OTLP requests on every transport, against a real gateway.
 
-Starts the gateway (tests/otlp_peers.run_gateway: a subprocess on free ports, 127.0.0.1 only)
+Starts the gateway (tests/support/peers.run_gateway: a subprocess on free ports, 127.0.0.1 only)
 with three tenants that have a key (acme: drop rules and RED metrics; beta: RED metrics; gamma:
 neither), forwarding over http/protobuf to a counting sink in this process, with a live tail
 of acme open (`otlp-gateway tail`) the whole time. Then `--concurrency` tasks send `--requests`
@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import contextlib
 import gzip
 import hashlib
 import json
@@ -36,7 +35,6 @@ import re
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -51,7 +49,6 @@ import h2.config  # noqa: E402
 import h2.connection  # noqa: E402
 import h2.events  # noqa: E402
 import httpx  # noqa: E402
-import uvicorn  # noqa: E402
 import zstandard  # noqa: E402
 from google.protobuf import json_format  # noqa: E402
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (  # noqa: E402
@@ -63,11 +60,13 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (  # no
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (  # noqa: E402
     ExportTraceServiceRequest,
 )
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status  # noqa: E402
 
 from gateway.otlp import jsonpb as otlpjson  # noqa: E402
 from gateway.otlp import wire  # noqa: E402
 from gateway.otlp.signals import BY_NAME  # noqa: E402
-from tests.otlp_peers import Gateway, free_port, run_gateway, wait_for_port  # noqa: E402
+from tests.support.peers import Gateway, run_gateway  # noqa: E402
+from tests.support.sinks import CountingSink  # noqa: E402
 
 KEYS = {"acme": "fuzz-key-acme", "beta": "fuzz-key-beta", "gamma": "fuzz-key-gamma"}
 ADMIN_KEY = "fuzz-admin-key"
@@ -86,83 +85,6 @@ def _digest(key: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # The counting sink: counts items with the gateway's own wire walk, answers 200 to everything
 # (a body it cannot count is counted apart, never retried forever).
-
-
-@dataclass
-class CountingSink:
-    port: int = field(default_factory=free_port)
-    items: collections.Counter[str] = field(default_factory=collections.Counter)
-    requests: int = 0
-    uncountable: int = 0
-    keep: bool = False  # keep every body received (tests look at what arrived)
-    bodies: list[tuple[str, bytes]] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return
-        chunks = []
-        while True:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body"):
-                break
-        body = b"".join(chunks)
-        headers = dict(scope["headers"])
-        if headers.get(b"content-encoding") == b"gzip":
-            body = gzip.decompress(body)
-        signal = scope["path"].rsplit("/", 1)[-1]
-        try:
-            n = wire.count_items(BY_NAME[signal], body)
-        except (KeyError, wire.WireError):
-            with self._lock:
-                self.uncountable += 1
-        else:
-            with self._lock:
-                self.items[signal] += n
-                self.requests += 1
-                if self.keep:
-                    self.bodies.append((signal, body))
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [(b"content-type", b"application/x-protobuf")],
-            }
-        )
-        await send({"type": "http.response.body", "body": b""})
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def total(self) -> int:
-        with self._lock:
-            return sum(self.items.values())
-
-    def wait_total(self, n: int, timeout: float = 15.0) -> int:
-        """The total once it reached `n` (or `timeout` passed), after a moment for stragglers."""
-        deadline = time.monotonic() + timeout
-        while self.total() < n and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.2)
-        return self.total()
-
-    @contextlib.contextmanager
-    def running(self) -> Iterator[CountingSink]:
-        server = uvicorn.Server(
-            uvicorn.Config(
-                self, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off"
-            )
-        )
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        wait_for_port(self.port)
-        try:
-            yield self
-        finally:
-            server.should_exit = True
-            thread.join(10)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,11 +119,11 @@ def traces_request(rng: random.Random) -> bytes:
             span.trace_id = rng.randbytes(16)
             span.span_id = rng.randbytes(8)
             span.name = rng.choice(["GET /a", "GET /healthz", "POST /pay", "x" * 200, "évé\r\n"])
-            span.kind = rng.randint(0, 5)
+            span.kind = Span.SpanKind.ValueType(rng.randint(0, 5))
             span.start_time_unix_nano = 1_700_000_000_000_000_000 + rng.randint(0, 10**9)
             span.end_time_unix_nano = span.start_time_unix_nano + rng.randint(0, 10**9)
             if rng.random() < 0.2:
-                span.status.code = 2
+                span.status.code = Status.STATUS_CODE_ERROR
                 span.status.message = "boom"
             a = span.attributes.add()
             a.key = "http.response.status_code"
@@ -215,17 +137,19 @@ def traces_request(rng: random.Random) -> bytes:
                 a.value.kvlist_value.values.add(key="k").value.array_value.values.add(int_value=1)
     data = req.SerializeToString()
     if rng.random() < 0.1:  # one span with an attribute nested 120 levels deep
-        span = (
+        deep = _deep_value(120)
+        deep_kv = b"\x0a\x01d\x12" + _varint(len(deep)) + deep
+        deep_span = (
             b"\x0a\x10"
             + rng.randbytes(16)
             + b"\x12\x08"
             + rng.randbytes(8)
             + b"\x2a\x04deep"
             + b"\x4a"
-            + _varint(len(kv := b"\x0a\x01d\x12" + _varint(len(v := _deep_value(120))) + v))
-            + kv
+            + _varint(len(deep_kv))
+            + deep_kv
         )
-        ss_bytes = b"\x12" + _varint(len(span)) + span
+        ss_bytes = b"\x12" + _varint(len(deep_span)) + deep_span
         rs_bytes = b"\x12" + _varint(len(ss_bytes)) + ss_bytes
         data += b"\x0a" + _varint(len(rs_bytes)) + rs_bytes
     return data
@@ -542,7 +466,7 @@ class Outcome:
 
 
 def _grpc_web_status(resp: httpx.Response) -> str | None:
-    status = resp.headers.get("grpc-status")
+    status: str | None = resp.headers.get("grpc-status")
     if status is None:
         body = resp.content
         i = body.rfind(b"grpc-status:")
@@ -625,11 +549,11 @@ class H2Client:
                 return Outcome("closed", None, False)
             for event in conn.receive_data(raw):
                 if isinstance(event, h2.events.ResponseReceived):
-                    headers = dict(event.headers)  # type: ignore[arg-type]
+                    headers = dict(event.headers)
                 elif isinstance(event, h2.events.DataReceived):
                     conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
                 elif isinstance(event, h2.events.TrailersReceived):
-                    trailers = dict(event.headers)  # type: ignore[arg-type]
+                    trailers = dict(event.headers)
                 elif isinstance(event, h2.events.StreamEnded) and event.stream_id == sid:
                     done = True
                 elif isinstance(event, h2.events.StreamReset) and event.stream_id == sid:
@@ -793,10 +717,11 @@ def run(
             load_seconds = time.monotonic() - started
             rss_end = _rss_kib(gw.proc.pid)
             # alive: a probe, and one valid export that arrives
+            final_request = traces_request(random.Random(seed))
             healthz = httpx.get(gw.admin_url + "/healthz", timeout=10).status_code
             final = httpx.post(
                 gw.http_endpoint + "/v1/traces",
-                content=traces_request(random.Random(seed)),
+                content=final_request,
                 headers={
                     "content-type": "application/x-protobuf",
                     "authorization": f"Bearer {KEYS['gamma']}",
@@ -844,7 +769,7 @@ def run(
             "acked_uncounted": tally.acked_uncounted,
             "acked_uncounted_examples": tally.uncounted_examples[:5],
             "acked_items_client": tally.acked_items
-            + _items("traces", traces_request(random.Random(seed))),
+            + wire.count_items(BY_NAME["traces"], final_request),
             "accepted_items_gateway": int(accepted_items),
             "dropped_by_rule": int(dropped_by_rule),
             "sink_items": sink.total(),

@@ -1,7 +1,7 @@
 """gRPC soak: one long-lived OTLP/gRPC client, many concurrent exports, count every failure.
 
-Starts the gateway (`python -m gateway serve --config`, as tests/otlp_peers.run_gateway does) with
-`server: uvicorn | hypercorn` and no backends (data is accepted and dropped), then runs
+Starts the gateway (`python -m gateway serve --config`, as tests/support/peers.run_gateway does)
+with `server: uvicorn | hypercorn` and no backends (data is accepted and dropped), then runs
 `--concurrency` threads over ONE client until `--requests` export calls are done (or
 `--max-seconds` passed: the run then says `"truncated": true`). Prints one JSON line.
 
@@ -45,7 +45,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 import grpc  # noqa: E402
 import yaml  # noqa: E402
 
-from tests.otlp_peers import Gateway, free_port, wait_for_port  # noqa: E402
+from tests.support.peers import Gateway, free_port, wait_for_port  # noqa: E402
 
 EXPORT_PATH = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 SDK_LOGGER = "opentelemetry.exporter.otlp.proto.grpc.exporter"
@@ -68,10 +68,12 @@ def proc_status_kib(pid: int, key: str) -> int:
 
 @contextlib.contextmanager
 def start_gateway(tmp: Path, config: dict[str, Any], launcher: str | None) -> Iterator[Gateway]:
-    """Like tests/otlp_peers.run_gateway, with an optional launcher script run instead of
+    """Like tests/support/peers.run_gateway, with an optional launcher script run instead of
     `-m gateway` (to try a server patch without editing gateway/). Stopped by PID."""
     grpc_port, http_port = free_port(), free_port()
     config = {"listen": [f"127.0.0.1:{grpc_port}", f"127.0.0.1:{http_port}"], **config}
+    # an admin listener of its own, not the default 127.0.0.1:9464 a running gateway may hold
+    config.setdefault("admin", {"listen": f"127.0.0.1:{free_port()}"})
     config_path = tmp / "gateway.yaml"
     config_path.write_text(yaml.safe_dump(config))
     log_path = tmp / "gateway.log"

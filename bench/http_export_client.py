@@ -35,7 +35,7 @@ async def _measure(client: str, requests: int, concurrency: int) -> dict[str, ob
     import pyqwest
     from pyqwest.httpx import AsyncPyqwestTransport
 
-    from bench.run import build_request
+    from bench.payload import build_request
     from gateway.otlp import gz
 
     url = f"http://127.0.0.1:{PORT}/v1/traces"

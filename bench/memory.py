@@ -49,7 +49,7 @@ import httpx  # noqa: E402
 
 from bench.export_client import build_request  # noqa: E402
 from gateway.tenancy import keys  # noqa: E402
-from tests.otlp_peers import Sink, run_gateway  # noqa: E402
+from tests.support.peers import Sink, run_gateway  # noqa: E402
 
 GRPC_PATHS = {
     "traces": "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
@@ -63,6 +63,7 @@ def metrics_request(points: int = 200, seed: int = 3) -> bytes:
         ExportMetricsServiceRequest,
     )
     from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+    from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 
     rnd = random.Random(seed)
     req = ExportMetricsServiceRequest()
@@ -73,7 +74,9 @@ def metrics_request(points: int = 200, seed: int = 3) -> bytes:
     sm = rm.scope_metrics.add()
     for m in range(points // 10):
         metric = sm.metrics.add(name=f"http.server.request.count.{m}", unit="1")
-        metric.sum.aggregation_temporality = 2
+        metric.sum.aggregation_temporality = (
+            AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
+        )
         metric.sum.is_monotonic = True
         for p in range(10):
             dp = metric.sum.data_points.add(
@@ -187,7 +190,7 @@ def run_load(
                     )
                     local["grpc ok"] += 1
                 except grpc.RpcError as exc:
-                    local[f"grpc {exc.code().name}"] += 1  # type: ignore[attr-defined]
+                    local[f"grpc {exc.code().name}"] += 1
         with lock:
             outcomes.update(local)
 

@@ -28,7 +28,26 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import run
+from bench.backend import SINK_PORTS, SinkProc, wait_drained
+from bench.contenders import (
+    GATEWAY_ADMIN_PORT,
+    GATEWAY_PORT,
+    Contender,
+    gateway_config,
+    wait_answers,
+)
+from bench.loadgen import Load, run_h2load, run_wrk
+from bench.payload import Payload
+from bench.procs import (
+    BENCH,
+    INSTALL_HINT,
+    ROOT,
+    Procs,
+    missing_tools,
+    proc_cpu_seconds,
+)
+from bench.records import to_json
+from bench.report import machine
 
 TRANSPORTS = ("grpc", "http")
 
@@ -41,12 +60,12 @@ def children(pid: int) -> list[int]:
         return []
 
 
-def start(procs: run.Procs, workdir: Path, workers: int) -> tuple[run.Contender, list[int]]:
+def start(procs: Procs, workdir: Path, workers: int) -> tuple[Contender, list[int]]:
     import yaml
 
-    config = run.gateway_config("uvicorn", "single", workdir)
+    config = gateway_config("uvicorn", "single", workdir)
     config["workers"] = workers
-    config["admin"] = {"listen": f"127.0.0.1:{run.GATEWAY_ADMIN_PORT}"}  # worker i: port + i
+    config["admin"] = {"listen": f"127.0.0.1:{GATEWAY_ADMIN_PORT}"}  # worker i: port + i
     path = workdir / f"scale-{workers}.yaml"
     path.write_text(yaml.safe_dump(config))
     cores = "0" if workers == 1 else "0,1"
@@ -56,12 +75,10 @@ def start(procs: run.Procs, workdir: Path, workers: int) -> tuple[run.Contender,
             ["taskset", "-c", cores, *cmd, "--log-level", "warning"],
             stdout=log,
             stderr=log,
-            cwd=run.ROOT,
+            cwd=ROOT,
         )
-    c = run.Contender(
-        f"workers-{workers}", proc, run.GATEWAY_PORT, run.GATEWAY_PORT, workdir, run.SINK_PORTS[:1]
-    )
-    run.wait_answers(c, run.GATEWAY_PORT, (401,))
+    c = Contender(f"workers-{workers}", proc, GATEWAY_PORT, GATEWAY_PORT, workdir, SINK_PORTS[:1])
+    wait_answers(c, GATEWAY_PORT, (401,))
     deadline = time.monotonic() + 30
     while len(children(proc.pid)) < workers and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -71,18 +88,16 @@ def start(procs: run.Procs, workdir: Path, workers: int) -> tuple[run.Contender,
     return c, pids
 
 
-def load(
-    procs: run.Procs, transport: str, files: dict[str, Path], workdir: Path, duration: float
-) -> run.Load:
+def load(procs: Procs, transport: str, payload: Payload, workdir: Path, duration: float) -> Load:
     if transport == "http":
-        return run.run_wrk(
-            procs, run.GATEWAY_PORT, files["http"], connections=32, threads=1, duration=duration
+        return run_wrk(
+            procs, GATEWAY_PORT, payload.http_file, connections=32, threads=1, duration=duration
         )
-    return run.run_h2load(
+    return run_h2load(
         procs,
-        run.GATEWAY_PORT,
+        GATEWAY_PORT,
         "grpc",
-        files["grpc"],
+        payload.grpc_file,
         workdir / "h2load-scale.log",
         clients=16,
         streams=2,
@@ -91,26 +106,26 @@ def load(
 
 
 def measure(
-    procs: run.Procs,
-    sink: run.SinkProc,
+    procs: Procs,
+    sink: SinkProc,
     workers: int,
     transport: str,
-    files: dict[str, Path],
+    payload: Payload,
     workdir: Path,
     duration: float,
 ) -> dict[str, Any]:
     c, pids = start(procs, workdir, workers)
     try:
-        load(procs, transport, files, workdir, 3.0)  # warm up
-        run.wait_drained(sink, sink.stats(), c.ports, 0)
+        load(procs, transport, payload, workdir, 3.0)  # warm up
+        wait_drained(sink, sink.stats(), c.ports, 0)
         everyone = [c.pid, *(p for p in pids if p != c.pid)]
-        cpu0 = {p: run.proc_cpu_seconds(p) for p in everyone}
+        cpu0 = {p: proc_cpu_seconds(p) for p in everyone}
         sink_cpu0, before, t0 = sink.cpu(), sink.stats(), time.monotonic()
-        result = load(procs, transport, files, workdir, duration)
-        after = run.wait_drained(sink, before, c.ports, 0)
+        result = load(procs, transport, payload, workdir, duration)
+        after = wait_drained(sink, before, c.ports, 0)
         wall = min(time.monotonic() - t0, result.wall_s + 0.8)
-        cpu = {p: run.proc_cpu_seconds(p) - cpu0[p] for p in everyone}
-        spans = after[c.ports[0]]["spans"] - before[c.ports[0]]["spans"]
+        cpu = {p: proc_cpu_seconds(p) - cpu0[p] for p in everyone}
+        spans = after[c.ports[0]].spans - before[c.ports[0]].spans
         gateway_cpu = sum(cpu.values())
         return {
             "workers": workers,
@@ -133,26 +148,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--transports", default=",".join(TRANSPORTS))
-    p.add_argument("--results-dir", default=str(run.BENCH / "results"))
+    p.add_argument("--results-dir", default=str(BENCH / "results"))
     args = p.parse_args(argv)
-    missing = run.missing_tools()
+    missing = missing_tools()
     if missing:
-        print(f"bench/scale.py: missing {', '.join(missing)}; {run.INSTALL_HINT}", file=sys.stderr)
+        print(f"bench/scale.py: missing {', '.join(missing)}; {INSTALL_HINT}", file=sys.stderr)
         return 2
-    procs = run.Procs()
+    procs = Procs()
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="otlp-scale-") as tmp:
         workdir = Path(tmp)
-        body = run.build_request()
-        files = {"http": workdir / "body.bin", "grpc": workdir / "body.grpc"}
-        files["http"].write_bytes(body)
-        files["grpc"].write_bytes(run.grpc_frame(body))
+        payload = Payload.write(workdir)
         try:
-            sink = run.SinkProc(procs, workdir, run.SINK_PORTS[:1])
+            sink = SinkProc(procs, workdir, SINK_PORTS[:1])
             for i in range(args.repeat):
                 for transport in args.transports.split(","):
                     for workers in (1, 2):
-                        r = measure(procs, sink, workers, transport, files, workdir, args.duration)
+                        r = measure(
+                            procs, sink, workers, transport, payload, workdir, args.duration
+                        )
                         r["repeat"] = i + 1
                         rows.append(r)
                         print(json.dumps(r), flush=True)
@@ -191,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.results_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"scale-{stamp}.json").write_text(
-        json.dumps({"machine": run.machine(), "runs": rows, "summary": summary}, indent=1)
+        json.dumps({"machine": to_json(machine()), "runs": rows, "summary": summary}, indent=1)
     )
     print(f"results: {out / f'scale-{stamp}.json'}")
     return 0

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import signal
 import zlib
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -51,7 +53,7 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def _fields(buf: bytes, pos: int, end: int) -> Any:
+def _fields(buf: bytes, pos: int, end: int) -> Iterator[tuple[int, int, int]]:
     """(field number, start, end) of each length-delimited field; other wire types skipped."""
     while pos < end:
         key, pos = _varint(buf, pos)
@@ -185,7 +187,8 @@ class Http1(asyncio.Protocol):
         return True
 
     def _chunked(self) -> bytes | None:
-        pos, parts = 0, []
+        pos = 0
+        parts: list[bytes] = []
         while True:
             eol = self.buf.find(b"\r\n", pos)
             if eol < 0:
@@ -228,7 +231,7 @@ async def serve(ports: list[int], tenant: str, dump_dir: str | None) -> None:
         sink.stats[port] = PortStats()
         servers.append(
             await loop.create_server(
-                lambda port=port: Http1(sink, port), "127.0.0.1", port, backlog=1024
+                functools.partial(Http1, sink, port), "127.0.0.1", port, backlog=1024
             )
         )
     stop = asyncio.Event()

@@ -13,7 +13,7 @@ Stores:
   sqlite    SQLite in WAL mode, synchronous=FULL, table q(id INTEGER PRIMARY KEY, payload BLOB);
             one transaction (executemany INSERT + COMMIT) per group. Read-back: SELECT in id
             order; ack: DELETE by id, one transaction per 1000 acks (WAL fsync per commit).
-  spool     gateway/delivery/spool.py (the chosen implementation, segments as above plus a 28-byte
+  spool     gateway/delivery/spool/ (the chosen implementation, segments as above plus a 28-byte
             header with id and timestamp; acks via per-segment ack files, fsync'd lazily).
 
 Each run is bounded (--seconds per configuration and --max-mib written), in a fresh temporary

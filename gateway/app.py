@@ -19,8 +19,9 @@ from starlette.types import Receive, Scope, Send
 from gateway import __version__
 from gateway.admin.app import AdminAPI, admin_app
 from gateway.admin.health import GrpcHealth, Readiness
+from gateway.analysis.background import span_analysis
 from gateway.analysis.tail import TailHub
-from gateway.config import DEFAULT_TENANT, GatewayConfig
+from gateway.config import DEFAULT_TENANT, GatewayConfig, Runtime
 from gateway.delivery.pipeline import Pipeline
 from gateway.ingress.connect import RPCService
 from gateway.ingress.early import EarlyRefusal
@@ -28,11 +29,13 @@ from gateway.ingress.guard import RefuseEarly
 from gateway.ingress.http import OTLPHTTPEndpoint
 from gateway.ingress.intake import Intake
 from gateway.ingress.limits import InFlight
+from gateway.otlp import offload
 from gateway.otlp.signals import SIGNALS
 from gateway.otlp.validate import Validation
 from gateway.reload import Reloader
 from gateway.telemetry import metrics
-from gateway.tenancy.tenants import Directory
+from gateway.telemetry.recent import RecentErrors
+from gateway.tenancy.tenants import TenantRegistry
 
 log = logging.getLogger("otlp_gateway")
 
@@ -83,22 +86,24 @@ class GatewayApp:
         self.tail.close()
 
 
-def create_app(config: GatewayConfig) -> GatewayApp:
-    pipeline = Pipeline(config.backends, config.retry, config.worker)
-    tail = TailHub()
+def create_app(config: GatewayConfig, runtime: Runtime) -> GatewayApp:
+    # What the layers share is made here and handed to them: the recent-errors ring, and the
+    # thread that decodes spans for RED metrics and the tail.
+    recent = RecentErrors()
+    analysis = span_analysis()
+    pipeline = Pipeline(config.backends, config.retry, runtime.worker, recent)
+    tail = TailHub(analysis)
     validation = Validation(config.validate)
     # a backend refusing a tenant's data as invalid makes its next requests validated in full
     pipeline.on_invalid = validation.suspect
-    intake = Intake(Directory(config), pipeline, tail, validation)
-    reloader = Reloader(config, intake, pipeline)
+    intake = Intake(TenantRegistry(config), pipeline, tail, validation, recent)
+    reloader = Reloader(config, intake, pipeline, runtime, recent)
     readiness = Readiness(pipeline.problems, pipeline.warnings)
-    metrics.QUEUES.source = pipeline.queue_readings
     metrics.set_build_info(__version__, config.server)
 
     # one budget for every transport, with a share per tenant and a pause limit per body
     limits = config.limits
     inflight = InFlight(limits.max_inflight_bytes, limits.inflight_share, limits.body_timeout)
-    metrics.INFLIGHT_BYTES.set_function(lambda: inflight.bytes)
     routes: list[BaseRoute] = []
     for signal in SIGNALS:
         endpoint = OTLPHTTPEndpoint(signal, intake, config.limits, inflight)
@@ -123,6 +128,7 @@ def create_app(config: GatewayConfig) -> GatewayApp:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        unbind_metrics = metrics.bind_app(pipeline.queue_readings, lambda: inflight.bytes)
         await pipeline.start()
         # What loading made (modules, protobuf descriptors, config) lives as long as the process.
         # Frozen, it is left out of full collections, which otherwise stop the event loop for
@@ -146,17 +152,21 @@ def create_app(config: GatewayConfig) -> GatewayApp:
             # The server has stopped taking connections and finished in-flight requests.
             watcher.cancel()
             await pipeline.shutdown(reloader.config.shutdown_timeout)
+            analysis.close()
+            offload.shutdown()
+            unbind_metrics()
 
     main = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
-    api = AdminAPI(lambda: reloader.config, intake, pipeline, tail)
+    api = AdminAPI(lambda: reloader.config, intake, pipeline, tail, recent)
     admin = admin_app(api, readiness)
-    gateway = GatewayApp(main, admin, admin_port(config), tail)
+    port = admin_port(config, runtime.worker)
+    gateway = GatewayApp(main, admin, port, tail)
     # for the HTTP/2 server: refuses keyless OTLP streams before they cost an app task
-    gateway.refuse_early = EarlyRefusal(intake, admin_port(config))
+    gateway.refuse_early = EarlyRefusal(intake, port)
     return gateway
 
 
-def admin_port(config: GatewayConfig) -> int | None:
+def admin_port(config: GatewayConfig, worker: int | None) -> int | None:
     """Worker i of several serves its admin listener on the configured port + i."""
     port = config.admin.port
-    return None if port is None else port + (config.worker or 0)
+    return None if port is None else port + (worker or 0)

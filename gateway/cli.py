@@ -10,7 +10,7 @@ from pathlib import Path
 
 from gateway import config as config_mod
 from gateway.admin import console as console_mod
-from gateway.config import ConfigError, GatewayConfig
+from gateway.config import ConfigError, GatewayConfig, LoadedConfig, Runtime
 from gateway.telemetry import logs
 from gateway.tenancy import keys
 
@@ -110,14 +110,17 @@ def _keys_hash() -> int:
     return 0
 
 
-def _with_tls_flags(config: GatewayConfig, args: argparse.Namespace) -> GatewayConfig:
+def _with_tls_flags(
+    config: LoadedConfig, args: argparse.Namespace
+) -> tuple[LoadedConfig, tuple[str, ...]]:
     """`serve --tls-cert/--tls-key` set or override the config's `tls` (a --tls-cert without
-    --tls-key: the key is in the certificate's PEM)."""
+    --tls-key: the key is in the certificate's PEM). Also returns the fields the flags set: a
+    reload of the file keeps them."""
     import dataclasses
 
     cert, key = getattr(args, "tls_cert", None), getattr(args, "tls_key", None)
     if cert is None and key is None:
-        return config
+        return config, ()
     if cert is None:
         if config.tls is None:
             raise ConfigError("--tls-key needs --tls-cert (or tls.cert in the config)")
@@ -125,11 +128,7 @@ def _with_tls_flags(config: GatewayConfig, args: argparse.Namespace) -> GatewayC
     for flag, path in (("--tls-cert", cert), ("--tls-key", key)):
         if path is not None and not Path(path).is_file():
             raise ConfigError(f"{flag}: file {path!r} does not exist")
-    return dataclasses.replace(
-        config,
-        tls=config_mod.ServerTLS(cert=cert, key=key),
-        pinned=(*config.pinned, "tls"),  # a reload of the file keeps the flags' TLS
-    )
+    return dataclasses.replace(config, tls=config_mod.ServerTLS(cert=cert, key=key)), ("tls",)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             config = config_mod.embedded_default(
                 args.data_dir, keys.digest(dev_key), keys.config_entry(admin_key)
             )
-        config = _with_tls_flags(config, args)
+        config, pinned = _with_tls_flags(config, args)
         if config.tls is not None:
             from gateway.server.run import tls_context_ok
 
@@ -220,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
                 tls_context_ok(config.tls.cert, config.tls.key)
             except (OSError, ValueError) as exc:
                 raise ConfigError(
-                    f"{config.source}: tls: cannot load the certificate/key: {exc}"
+                    f"{config.origin.name}: tls: cannot load the certificate/key: {exc}"
                 ) from None
     except ConfigError as exc:
         print(f"otlp-gateway: {exc}", file=sys.stderr)
@@ -230,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         listening = ", ".join(config.listen)
         tenants = "open" if config.tenants is None else f"{len(config.tenants)} tenants"
         print(
-            f"{config.source}: ok ({len(config.backends)} backends, {tenants}, "
+            f"{config.origin.name}: ok ({len(config.backends)} backends, {tenants}, "
             f"listening on {listening})"
         )
         return 0
@@ -246,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     from gateway.server.run import serve
 
     try:
-        serve(config, create_app, log_level=level)
+        serve(config, create_app, Runtime(config.origin, pinned), log_level=level)
     except OSError as exc:
         print(f"otlp-gateway: cannot listen: {exc}", file=sys.stderr)
         return 1

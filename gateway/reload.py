@@ -14,11 +14,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from gateway import config as config_mod
-from gateway.config import ConfigError, GatewayConfig
+from gateway.config import ConfigError, GatewayConfig, Runtime
 from gateway.delivery.pipeline import Pipeline
 from gateway.ingress.intake import Intake
-from gateway.telemetry import metrics, recent
-from gateway.tenancy.tenants import Directory
+from gateway.telemetry import metrics
+from gateway.telemetry.recent import RecentErrors
+from gateway.tenancy.tenants import TenantRegistry
 
 log = logging.getLogger("otlp_gateway.reload")
 
@@ -36,8 +37,17 @@ _RESTART_KEYS = (
 
 
 class Reloader:
-    def __init__(self, config: GatewayConfig, intake: Intake, pipeline: Pipeline) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        intake: Intake,
+        pipeline: Pipeline,
+        runtime: Runtime,
+        recent: RecentErrors,
+    ) -> None:
         self.config = config
+        self._recent = recent  # a refused reload is noted here
+        self.runtime = runtime  # the file to re-read (origin.path), the fields to keep (pinned)
         self._intake = intake
         self._pipeline = pipeline
         self._fingerprint = self._read_fingerprint()
@@ -45,15 +55,15 @@ class Reloader:
         self.failures = 0
 
     def _read_fingerprint(self) -> bytes | None:
-        if self.config.path is None:
+        if self.runtime.origin.path is None:
             return None
         try:
-            return hashlib.sha256(Path(self.config.path).read_bytes()).digest()
+            return hashlib.sha256(Path(self.runtime.origin.path).read_bytes()).digest()
         except OSError:
             return None
 
     def reload(self, why: str) -> bool:
-        path = self.config.path
+        path = self.runtime.origin.path
         if path is None:
             log.warning("%s: no config file to reload (running the embedded default)", why)
             return False
@@ -63,11 +73,12 @@ class Reloader:
         except ConfigError as exc:
             self.failures += 1
             metrics.RELOADS.labels("failed").inc()
-            recent.note("reload", f"refused ({why}), the previous config keeps serving: {exc}")
+            self._recent.note(
+                "reload", f"refused ({why}), the previous config keeps serving: {exc}"
+            )
             log.error("config reload (%s) refused, still serving the previous config: %s", why, exc)
             return False
-        pinned = self.config.pinned
-        new = replace(new, pinned=pinned, **{k: getattr(self.config, k) for k in pinned})
+        new = replace(new, **{k: getattr(self.config, k) for k in self.runtime.pinned})
         for key in _RESTART_KEYS:
             if getattr(new, key) != getattr(self.config, key):
                 log.warning("config reload (%s): a change of %r takes effect at restart", why, key)
@@ -76,7 +87,7 @@ class Reloader:
                 "config reload (%s): a change of 'admin.listen' takes effect at restart", why
             )
         self._pipeline.reconfigure(new.backends, new.retry)
-        self._intake.directory = Directory(new, previous=self._intake.directory)
+        self._intake.registry = TenantRegistry(new, previous=self._intake.registry)
         self._intake.validation.mode = new.validate
         self.config = new
         self.reloads += 1
@@ -95,7 +106,7 @@ class Reloader:
             while True:
                 interval = self.config.reload_interval  # a reload may change it
                 await asyncio.sleep(interval if interval > 0 else 1.0)
-                if interval <= 0 or self.config.path is None:
+                if interval <= 0 or self.runtime.origin.path is None:
                     continue  # SIGHUP only
                 current = self._read_fingerprint()
                 if current is not None and current != self._fingerprint:

@@ -4,7 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from .otlp_peers import Sink
+from tests.support.peers import Sink
 
 
 @pytest.fixture

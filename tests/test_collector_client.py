@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from .otlp_peers import Gateway, Sink, run_gateway, wait_until
+from tests.support.peers import Gateway, Sink, run_gateway, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 

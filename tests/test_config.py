@@ -19,8 +19,7 @@ from gateway.config import (
     load,
     parse,
 )
-
-from .otlp_peers import ROOT
+from tests.support.peers import ROOT
 
 pytestmark = pytest.mark.timeout(60)
 

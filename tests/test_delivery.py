@@ -9,7 +9,7 @@ import httpx
 from google.rpc import status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from .otlp_peers import Sink, run_gateway
+from tests.support.peers import Sink, run_gateway
 
 
 def _request(name: str, n: int = 1) -> bytes:

@@ -29,9 +29,8 @@ from hcl2.utils import SerializationOptions
 from gateway import config as config_mod
 from gateway.otlp.signals import SIGNALS
 from gateway.tenancy import keys
-
-from .otlp_peers import ROOT, Sink, free_port, wait_until
-from .test_tls_cli import serve
+from tests.support.cli import serve
+from tests.support.peers import ROOT, Sink, free_port, wait_until
 
 DEPLOY = ROOT / "deploy"
 IMAGE_CONFIG = "/etc/otlp-gateway/gateway.yaml"  # where the image looks for its config
@@ -187,8 +186,8 @@ def render_nomad_template(
             value = variables.get(with_var.group(1))
             stack.append(value if value else skip)
         elif with_service:
-            value = services.get(with_service.group(1))
-            stack.append(value if value else skip)
+            service = services.get(with_service.group(1))
+            stack.append(service if service else skip)
         elif with_index:
             stack.append(dot[int(with_index.group(1))])
         elif field:
@@ -206,7 +205,7 @@ def render_nomad_template(
 def local_copy(config_text: str, sink: Sink, tmp: Path) -> dict[str, Any]:
     """A deploy config made runnable here: backends to the sink, queues under tmp, admin on a
     free loopback port; tenants, keys, limits and everything else as they are."""
-    data = yaml.safe_load(config_text)
+    data: dict[str, Any] = yaml.safe_load(config_text)
     for backend in data.get("backends", {}).values():
         backend["endpoint"] = sink.endpoint
         backend["protocol"] = "http/protobuf"

@@ -26,8 +26,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from gateway.otlp.signals import LOGS, METRICS, PROFILES, TRACES, Signal
 from gateway.otlp.wire import WireError, count_items
 from gateway.tenancy.enrich import TENANT_KEY, ResourceEnricher
-
-from .wire_encoding import ld, varint
+from tests.support.encoding import ld, varint
 
 # ---------------------------------------------------------------------------------------------
 # Raw protobuf encoding (with optionally non-minimal varints)

@@ -29,7 +29,7 @@ import httpx
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from .otlp_peers import Gateway, Sink, run_gateway, wait_until
+from tests.support.peers import Gateway, Sink, run_gateway, wait_until
 
 GOOD_KEY = "otlpgw_good-tenant-key"
 EVIL_KEY = "otlpgw_evil-tenant-key"

@@ -30,10 +30,9 @@ from gateway.ingress import limits
 from gateway.otlp import jsonpb as otlpjson
 from gateway.otlp import wire
 from gateway.otlp.signals import TRACES
-
-from .otlp_peers import Gateway, Sink, run_gateway
-from .test_bad_input import TRACE_RPC, grpc_frame, h2_grpc_call, trace_request
-from .wire_encoding import ld
+from tests.support.encoding import ld
+from tests.support.grpcwire import TRACE_RPC, grpc_frame, h2_grpc_call, trace_request
+from tests.support.peers import Gateway, Sink, run_gateway
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -26,8 +26,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.admin import console
-
-from .otlp_peers import (
+from tests.support.encoding import BAD_UTF8_SPAN, GARBAGE_SPAN, spans_request
+from tests.support.peers import (
     Gateway,
     Sink,
     free_port,
@@ -35,7 +35,6 @@ from .otlp_peers import (
     run_rotel,
     wait_until,
 )
-from .wire_encoding import BAD_UTF8_SPAN, GARBAGE_SPAN, spans_request
 
 PROTOBUF = {"content-type": "application/x-protobuf"}
 RETRY = {"initial_interval": "100ms", "max_interval": "500ms", "max_elapsed": "60s"}
@@ -191,7 +190,7 @@ def test_a_backend_that_refuses_everything_is_given_up_on_quickly(
 
 # -- 2. a queue record that passes its crc but does not decode -----------------------------------
 
-_HEADER = struct.Struct("<4sIIQQ")  # gateway/delivery/spool.py's record header
+_HEADER = struct.Struct("<4sIIQQ")  # gateway/delivery/spool/record.py's header
 
 
 def _records(segment: Path) -> list[tuple[int, int]]:
@@ -221,7 +220,7 @@ def _status_page_shows(gw: Gateway, key: str, text: str) -> None:
     """The status page (in Chromium) shows `text` in its health banner."""
     from playwright.sync_api import expect, sync_playwright
 
-    from .test_status_page import CHROMIUM, CHROMIUM_ARGS
+    from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)

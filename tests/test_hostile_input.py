@@ -37,12 +37,11 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from bench.fuzz import CountingSink
 from gateway.otlp import spans, wire
 from gateway.telemetry import logs
-
-from .otlp_peers import Gateway, run_gateway, wait_until
-from .test_bad_input import grpc_frame, h2_grpc_call
+from tests.support.grpcwire import grpc_frame, h2_grpc_call
+from tests.support.peers import Gateway, run_gateway, wait_until
+from tests.support.sinks import CountingSink
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -1,6 +1,7 @@
 """The import-layer rule: data flows one way (ingress -> tenancy -> delivery), and a module imports
 only its own layer's package and the layers below it. Only the wiring on top (reload, app, cli)
-knows every layer. Read from the source, imports inside functions included, so the rule cannot erode."""
+knows every layer. Read from the source, imports inside functions included, so the rule cannot
+erode."""
 
 from __future__ import annotations
 

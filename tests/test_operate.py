@@ -37,8 +37,7 @@ from gateway._gen.opentelemetry.proto.collector.trace.v1.trace_service_connect i
 from gateway._gen.otlp_gateway.admin.v1 import admin_pb2 as pb
 from gateway._gen.otlp_gateway.admin.v1.admin_connect import AdminServiceClient
 from gateway.tenancy import keys
-
-from .otlp_peers import ROOT, Gateway, Sink, free_port, run_gateway, wait_until
+from tests.support.peers import ROOT, Gateway, Sink, free_port, run_gateway, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -462,6 +461,7 @@ def test_probes_follow_durable_storage(tmp_path: Path) -> None:
             ready = httpx.get(gw.admin_url + "/readyz")
             assert ready.status_code == 200 and ready.json() == {"ready": True, "problems": []}
             for port in (gw.grpc_port, gw.http_port, gw.admin_port):
+                assert port is not None
                 assert grpc_health(port) == health_pb2.HealthCheckResponse.SERVING
             assert (
                 grpc_health(gw.grpc_port, "opentelemetry.proto.collector.trace.v1.TraceService")
@@ -481,6 +481,7 @@ def test_probes_follow_durable_storage(tmp_path: Path) -> None:
             problems = httpx.get(gw.admin_url + "/readyz").json()["problems"]
             assert len(problems) == 1 and "not writable" in problems[0] and "central" in problems[0]
             assert grpc_health(gw.grpc_port) == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert gw.admin_port is not None
             assert grpc_health(gw.admin_port) == health_pb2.HealthCheckResponse.NOT_SERVING
             assert httpx.get(gw.admin_url + "/healthz").status_code == 200  # alive all the same
 

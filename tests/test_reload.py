@@ -28,9 +28,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from gateway.tenancy import keys
-
-from .otlp_peers import Gateway, Sink, wait_until
-from .test_tenants import (
+from tests.support.peers import Gateway, Sink, wait_until
+from tests.support.tenants import (
     bearer,
     exact,
     items_of,

@@ -13,11 +13,11 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from gateway.config import BackendConfig, RetryConfig
 from gateway.delivery.batch import Batch
-from gateway.delivery.pipeline import MergeMemo, Pipeline
+from gateway.delivery.merge import MergeMemo
+from gateway.delivery.pipeline import Pipeline
 from gateway.otlp import gz
 from gateway.otlp.signals import TRACES
-
-from .otlp_peers import Sink, run_gateway
+from tests.support.peers import Sink, run_gateway
 
 
 def _batch(name: str, n: int) -> Batch:

@@ -8,7 +8,7 @@ from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-from .otlp_peers import Sink, run_gateway, run_rotel
+from tests.support.peers import Sink, run_gateway, run_rotel
 
 
 def test_sdk_grpc_through_gateway_and_rotel(tmp_path: Path, sink: Sink) -> None:

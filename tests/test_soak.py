@@ -9,8 +9,7 @@ import subprocess
 import sys
 
 from gateway.config import GatewayConfig
-
-from .otlp_peers import ROOT
+from tests.support.peers import ROOT
 
 
 def test_sdk_grpc_exporter_50k_exports_no_failures() -> None:

@@ -29,13 +29,12 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
     SummaryDataPoint,
 )
 from opentelemetry.proto.profiles.v1development.profiles_pb2 import Profile, Sample
-from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
 from gateway.otlp.signals import LOGS, METRICS, PROFILES, TRACES, Signal
 from gateway.otlp.split import halves, split
 from gateway.otlp.wire import WireError, count_items
-
-from .wire_encoding import ld, varint
+from tests.support.encoding import ld, varint
 
 # The OTLP schema, written out here rather than taken from Signal.item_path: per level, the
 # field numbers of the children (a Metric's data field, then its data points).
@@ -234,8 +233,9 @@ ITEMS: dict[str, st.SearchStrategy[Any]] = {
 def requests(draw: st.DrawFn, signal: Signal) -> Message:
     msg = signal.request_type()
     if signal is PROFILES and draw(st.booleans()):
-        msg.dictionary.string_table.extend(draw(st.lists(texts, max_size=4)))
-        msg.dictionary.mapping_table.add(memory_start=draw(u64), filename_strindex=1)
+        profiles: Any = msg
+        profiles.dictionary.string_table.extend(draw(st.lists(texts, max_size=4)))
+        profiles.dictionary.mapping_table.add(memory_start=draw(u64), filename_strindex=1)
     entries = getattr(msg, msg.DESCRIPTOR.fields_by_number[1].name)
     for _ in range(draw(st.integers(0, 4))):
         entry = entries.add()
@@ -431,7 +431,9 @@ def test_empty_request(signal: Signal) -> None:
 
 
 def test_fitting_request_returned_as_is() -> None:
-    raw = ExportTraceServiceRequest(resource_spans=[{"scope_spans": [{"spans": [{}]}]}])
+    raw = ExportTraceServiceRequest(
+        resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=[Span()])])]
+    )
     data = raw.SerializeToString()
     assert split(TRACES, data, len(data))[0] is data
     assert halves(TRACES, data) is None  # one span
@@ -489,16 +491,16 @@ def test_every_max_bytes(signal: Signal) -> None:
 
     def make(lengths: list[int]) -> bytes:
         if signal is TRACES:
-            req: Message = traces_request([blobs(n) for n in lengths])
+            spans = traces_request([blobs(n) for n in lengths])
             if len(lengths) > 1:  # a second resource
-                req.resource_spans.add().CopyFrom(req.resource_spans[0])
-        else:
-            req = ExportMetricsServiceRequest()
-            rm = req.resource_metrics.add()
-            rm.resource.attributes.add(key="service.name").value.string_value = "svc"
-            m = rm.scope_metrics.add().metrics.add(name="m")
-            for n in lengths:
-                m.sum.data_points.add().attributes.add(key=blobs(n))
+                spans.resource_spans.add().CopyFrom(spans.resource_spans[0])
+            return spans.SerializeToString()
+        req = ExportMetricsServiceRequest()
+        rm = req.resource_metrics.add()
+        rm.resource.attributes.add(key="service.name").value.string_value = "svc"
+        m = rm.scope_metrics.add().metrics.add(name="m")
+        for n in lengths:
+            m.sum.data_points.add().attributes.add(key=blobs(n))
         return req.SerializeToString()
 
     raw = make(lengths)
@@ -537,7 +539,7 @@ def test_metric_with_many_data_points(kind: str) -> None:
     assert all(len(p) <= 16 * 1024 for p in parts)
     assert len(parts) <= len(raw) // (15 * 1024) + 1
     check_items(METRICS, raw, parts)
-    times = []
+    times: list[int] = []
     for p in parts:
         got = ExportMetricsServiceRequest.FromString(p)
         (grm,) = got.resource_metrics

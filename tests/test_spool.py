@@ -1,4 +1,4 @@
-"""gateway/delivery/spool.py: durability across kill -9, repair of damaged files, acks, bounds."""
+"""gateway/delivery/spool/: durability across kill -9, repair of damaged files, acks, bounds."""
 
 from __future__ import annotations
 

@@ -24,20 +24,9 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from .otlp_peers import ROOT, Gateway, Sink, free_port, run_gateway, wait_for_port
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
+from tests.support.peers import ROOT, Gateway, Sink, free_port, run_gateway, wait_for_port
 
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-# Headless, and nothing that reaches out to the network on its own.
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SCREENSHOT = ROOT / "docs" / "status-page.png"
 TIMEOUT_MS = 15_000
 

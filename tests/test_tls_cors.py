@@ -17,7 +17,7 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
     OTLPSpanExporter as HTTPSpanExporter,
 )
 
-from .otlp_peers import Gateway, Sink, run_gateway, send_spans
+from tests.support.peers import Gateway, Sink, run_gateway, send_spans
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +114,7 @@ def test_http_backend_over_tls_with_each_client(
 
 
 def _wait_names(sink: Sink, prefix: str, n: int) -> list[str]:
-    from .otlp_peers import wait_until
+    from tests.support.peers import wait_until
 
     wait_until(lambda: len(_names(sink, prefix)) >= n)
     return _names(sink, prefix)

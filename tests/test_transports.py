@@ -47,8 +47,7 @@ from gateway._gen.opentelemetry.proto.collector.logs.v1.logs_service_connect imp
 from gateway._gen.opentelemetry.proto.collector.trace.v1.trace_service_connect import (
     TraceServiceClient,
 )
-
-from .otlp_peers import Gateway, Sink, run_gateway, run_rotel, wait_until
+from tests.support.peers import Gateway, Sink, run_gateway, run_rotel, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -18,9 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.otlp import validate
 from gateway.otlp.signals import TRACES
 from gateway.otlp.wire import count_items
-
-from .otlp_peers import Gateway, Sink, run_gateway, wait_until
-from .wire_encoding import BAD_UTF8_SPAN, GARBAGE_SPAN, spans_request
+from tests.support.encoding import BAD_UTF8_SPAN, GARBAGE_SPAN, spans_request
+from tests.support.peers import Gateway, Sink, run_gateway, wait_until
 
 PROTOBUF = {"content-type": "application/x-protobuf"}
 

@@ -16,7 +16,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 from prometheus_client.parser import text_string_to_metric_families
 
-from .otlp_peers import Sink, run_gateway, wait_until
+from tests.support.peers import Sink, run_gateway, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -35,7 +35,8 @@ from gateway.delivery.pipeline import Pipeline
 from gateway.ingress.guard import FailureLimiter, retry_after
 from gateway.ingress.intake import Intake
 from gateway.otlp import spans
-from gateway.telemetry import metrics, recent
+from gateway.telemetry import metrics
+from gateway.telemetry.recent import RecentErrors
 from gateway.tenancy import keys
 
 STATIC = Path(__file__).parent / "static"
@@ -95,8 +96,10 @@ class AdminAPI:
         intake: Intake,
         pipeline: Pipeline,
         tail: TailHub,
+        recent: RecentErrors,
     ) -> None:
         self._config = config  # the config in use (it changes on reload)
+        self._recent = recent
         self._intake = intake
         self._pipeline = pipeline
         self._tail = tail
@@ -126,14 +129,14 @@ class AdminAPI:
         self, request: pb.ListTenantsRequest, ctx: RequestContext[Any, Any]
     ) -> pb.ListTenantsResponse:
         self._authorize(ctx)
-        directory = self._intake.directory
+        registry = self._intake.registry
         accepted = _sum_by(metrics.ACCEPTED_ITEMS, "tenant")
         refused = {
             tenant: total for tenant, total in _sum_by(metrics.REQUESTS, "tenant").items() if tenant
         }
         accepted_requests = _sum_by(metrics.REQUESTS, "tenant", outcome="accepted")
-        out = pb.ListTenantsResponse(open=directory.open)
-        for name, tenant in directory.tenants.items():
+        out = pb.ListTenantsResponse(open=registry.open)
+        for name, tenant in registry.tenants.items():
             c = tenant.config
             routes = {b for s in tenant.signals for b in tenant.routes[s]}
             own = sorted(routes - set(self._config().service_backends))
@@ -211,7 +214,7 @@ class AdminAPI:
                     signal=e.signal,
                     message=e.message,
                 )
-                for e in recent.newest_first()
+                for e in self._recent.newest_first()
             ]
         )
 
@@ -219,7 +222,7 @@ class AdminAPI:
         self, request: pb.TailRequest, ctx: RequestContext[Any, Any]
     ) -> AsyncIterator[pb.TailResponse]:
         self._authorize(ctx)
-        tenants = self._intake.directory.tenants
+        tenants = self._intake.registry.tenants
         if request.tenant not in tenants:
             raise ConnectError(
                 Code.NOT_FOUND,

@@ -81,7 +81,14 @@ class Background:
         finally:
             self._release(size)
 
+    def close(self) -> None:
+        """Stop the thread (at the app's shutdown); work still waiting is dropped."""
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
 
-# RED metrics and the tail share one thread (RED's series bookkeeping then has a single writer
-# off the loop) and at most 64 MiB of payloads waiting.
-SPANS = Background("span-analysis", max_pending_bytes=64 * MiB)
+
+def span_analysis() -> Background:
+    """The thread RED metrics and the tail share (RED's series bookkeeping then has a single
+    writer off the loop), with at most 64 MiB of payloads waiting. The app makes one."""
+    return Background("span-analysis", max_pending_bytes=64 * MiB)

@@ -32,11 +32,12 @@ class _Published:
     """One payload handed to a tenant's watchers; decoded once, by the first that reads it (on a
     worker thread when it is large)."""
 
-    __slots__ = ("_decoding", "_rows", "items", "payload")
+    __slots__ = ("_analysis", "_decoding", "_rows", "items", "payload")
 
-    def __init__(self, payload: bytes, items: int) -> None:
+    def __init__(self, payload: bytes, items: int, analysis: background.Background) -> None:
         self.payload = payload
         self.items = items
+        self._analysis = analysis
         self._rows: list[spans.AccessRow] | None = None
         self._decoding: asyncio.Future[list[spans.AccessRow] | None] | None = None
 
@@ -47,7 +48,7 @@ class _Published:
             else:
                 if self._decoding is None:
                     self._decoding = asyncio.ensure_future(
-                        background.SPANS.run(len(self.payload), _rows_or_none, self.payload)
+                        self._analysis.run(len(self.payload), _rows_or_none, self.payload)
                     )
                 # shielded: a watcher that hangs up must not cancel the decode for the others
                 rows = await asyncio.shield(self._decoding)
@@ -106,7 +107,9 @@ class Watcher:
 
 
 class TailHub:
-    def __init__(self) -> None:
+    def __init__(self, analysis: background.Background | None = None) -> None:
+        # large payloads are decoded there, on the thread RED metrics use too
+        self.analysis = analysis if analysis is not None else background.span_analysis()
         self._watchers: dict[str, set[Watcher]] = {}
         self._closed = False
 
@@ -114,7 +117,7 @@ class TailHub:
         return tenant in self._watchers
 
     def publish(self, tenant: str, payload: bytes, items: int) -> None:
-        published = _Published(payload, items)
+        published = _Published(payload, items, self.analysis)
         for watcher in self._watchers.get(tenant, ()):
             watcher.offer(published, items)
 

@@ -5,34 +5,37 @@ A destination is a backend, or a backend and a tenant when the backend's headers
 (`{tenant}`): then each tenant has its own queue, and one tenant's failures (a 401 or 429 for its
 org id) never hold back another's data.
 
-Per destination: queue -> merge -> retry -> timeout -> send (the exporter does the sending and
-its own timeout). A batch is accepted only when every destination has room for it and, with
-durable queues, once it is on disk in every one of them; otherwise the client is told to come back
-later (429 / RESOURCE_EXHAUSTED with a retry delay) and nothing is enqueued, so a client's retry
-does not duplicate data into the destinations that did have room.
+Per destination: queue -> merge (merge.py) -> retry (retry.py) -> timeout -> send (the exporter
+does the sending and its own timeout); accounting.py counts and logs what happens. A batch is
+accepted only when every destination has room for it and, with durable queues, once it is on disk
+in every one of them; otherwise the client is told to come back later (429 / RESOURCE_EXHAUSTED
+with a retry delay) and nothing is enqueued, so a client's retry does not duplicate data into the
+destinations that did have room.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
-import random
 import re
 import time
-from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
 from gateway.config import BackendConfig, RetryConfig
+from gateway.delivery.accounting import DeliveryTelemetry
 from gateway.delivery.batch import Batch
 from gateway.delivery.exporters import Exporter, ExportError, create_exporter
+from gateway.delivery.merge import MergeMemo, Run, halves, piece, tally
 from gateway.delivery.queues import DurableQueue, MemoryQueue, Queue
+from gateway.delivery.retry import RetryPolicy
 from gateway.delivery.spool import SpoolClosed, SpoolError, SpoolFull
 from gateway.errors import Throttled, Unavailable
-from gateway.otlp import split, wire
-from gateway.otlp.signals import SIGNALS
-from gateway.telemetry import metrics, recent
+from gateway.otlp import split
+from gateway.telemetry import metrics
+from gateway.telemetry.recent import RecentErrors
 
 log = logging.getLogger("otlp_gateway.pipeline")
 
@@ -61,18 +64,6 @@ def make_queue(config: BackendConfig, tenant: str | None, worker: int | None = N
     return MemoryQueue(q.max_bytes)
 
 
-def _piece(batch: Batch, payload: bytes) -> Batch:
-    return Batch(batch.signal, payload, wire.count_items(batch.signal, payload), batch.tenant)
-
-
-def _merged(parts: list[Batch]) -> Batch:
-    """What the requests `parts` hold, to count them as dropped (the payload is left out)."""
-    if len(parts) == 1:
-        return parts[0]
-    first = parts[0]
-    return Batch(first.signal, b"", sum(p.items for p in parts), first.tenant)
-
-
 # Splitting a request of this size or more at the wire level takes milliseconds (80 ms for a
 # 16 MiB request of one resource): done in a worker thread, off the event loop.
 _SPLIT_OFF_LOOP_BYTES = 1024 * 1024
@@ -80,31 +71,8 @@ _SPLIT_OFF_LOOP_BYTES = 1024 * 1024
 
 async def _halves_off_loop(parts: list[Batch]) -> tuple[list[Batch], list[Batch]] | None:
     if len(parts) == 1 and len(parts[0].payload) >= _SPLIT_OFF_LOOP_BYTES:
-        return await asyncio.to_thread(_halves, parts)
-    return _halves(parts)
-
-
-def _halves(parts: list[Batch]) -> tuple[list[Batch], list[Batch]] | None:
-    """Two halves of a group of requests: the requests split in two by size, or a single
-    request split at the wire level (gateway/otlp/split.py). None for a single item, or a request
-    the splitter cannot read."""
-    if len(parts) > 1:
-        total = sum(len(p.payload) for p in parts)
-        acc, cut = 0, 1
-        for i, p in enumerate(parts[:-1], 1):
-            acc += len(p.payload)
-            cut = i
-            if acc * 2 >= total:
-                break
-        return parts[:cut], parts[cut:]
-    batch = parts[0]
-    try:
-        pair = split.halves(batch.signal, batch.payload)
-        if pair is None:
-            return None
-        return [_piece(batch, pair[0])], [_piece(batch, pair[1])]
-    except wire.WireError:
-        return None
+        return await asyncio.to_thread(halves, parts)
+    return halves(parts)
 
 
 class _Done:
@@ -124,38 +92,12 @@ STALLED_LEVELS = 3
 MAX_ISOLATE_ATTEMPTS = 64
 
 
-class MergeMemo:
-    """The destinations of a fan-out take the same batch objects from their memory queues and, when
-    they fall behind together, often merge the same run of them. The merged batch is then made
-    once and shared, and with it the encodings its exporters make (Batch.encoded). Matched by
-    identity, never by content: equal requests from two clients are two batches. Off unless
-    more than one destination has a memory queue; holds the last few merges only."""
+class _Mode(enum.Enum):
+    """How far a destination's workers go on."""
 
-    SIZE = 4
-
-    def __init__(self) -> None:
-        self.active = False
-        self._recent: deque[tuple[tuple[Batch, ...], Batch]] = deque(maxlen=self.SIZE)
-
-    def merge(self, parts: list[Batch]) -> Batch:
-        for held, merged in self._recent:
-            if len(held) == len(parts) and all(a is b for a, b in zip(held, parts, strict=True)):
-                return merged
-        first = parts[0]
-        merged = Batch(
-            first.signal,
-            b"".join(p.payload for p in parts),
-            sum(p.items for p in parts),
-            first.tenant,
-        )
-        if self.active:
-            self._recent.append((tuple(parts), merged))
-        return merged
-
-    def update(self, destinations: Iterable[Destination]) -> None:
-        self.active = sum(isinstance(d.queue, MemoryQueue) for d in destinations) > 1
-        if not self.active:
-            self._recent.clear()
+    RUN = "run"
+    RETIRE = "retire"  # a new Destination takes over the queue: finish the batches in hand
+    DRAIN = "drain"  # shutdown: deliver what is queued, then stop
 
 
 class Destination:
@@ -168,6 +110,7 @@ class Destination:
         config: BackendConfig,
         retry: RetryConfig,
         queue: Queue,
+        recent: RecentErrors,
         merges: MergeMemo | None = None,
         on_invalid: Callable[[str], None] | None = None,
     ) -> None:
@@ -176,21 +119,35 @@ class Destination:
         # told the tenant whose data the backend refused as invalid (gateway/otlp/validate.py)
         self._on_invalid = on_invalid
         self.config = config
-        self.retry = retry
+        self.retry = retry  # Pipeline compares it on a reload
+        self._retry_policy = RetryPolicy.from_config(retry)
         self.queue = queue
+        self._telemetry = DeliveryTelemetry(name, config.name, recent)
         self._exporter: Exporter | None = None  # made in start(): it binds to the running loop
         self._workers: list[asyncio.Task[None]] = []
         self._idle: set[asyncio.Task[None] | None] = set()
-        self._mode = "run"  # "run", "retire" (hand the queue over), "drain" (shutdown)
+        self._mode = _Mode.RUN
         self._in_hand_items = 0  # taken from the queue, not yet delivered or dropped
-        self.delivered_items = 0
-        self.dropped_items = 0
-        self.last_error: str | None = None
-        self.last_error_time = 0.0  # Unix seconds
         self.retrying = False  # the last attempt failed and a retry is pending
-        self._seconds = {
-            s.name: metrics.EXPORT_SECONDS.labels(config.name, s.name) for s in SIGNALS
-        }
+
+    # What the admin listener shows, kept by the telemetry.
+
+    @property
+    def delivered_items(self) -> int:
+        return self._telemetry.delivered_items
+
+    @property
+    def dropped_items(self) -> int:
+        return self._telemetry.dropped_items
+
+    @property
+    def last_error(self) -> str | None:
+        return self._telemetry.last_error
+
+    @property
+    def last_error_time(self) -> float:
+        """Unix seconds; 0 before any error."""
+        return self._telemetry.last_error_time
 
     def start(self) -> None:
         self._exporter = create_exporter(self.config)
@@ -200,7 +157,7 @@ class Destination:
         ]
 
     def _should_stop(self) -> bool:
-        return self._mode == "retire" or (self._mode == "drain" and self.queue.depth == 0)
+        return self._mode is _Mode.RETIRE or (self._mode is _Mode.DRAIN and self.queue.depth == 0)
 
     async def _work(self) -> None:
         """A worker: take, merge, deliver, acknowledge, until stopped. It survives anything one
@@ -215,27 +172,18 @@ class Destination:
             except SpoolClosed:
                 return
             except Exception as exc:  # a bug must not stop this destination
-                metrics.WORKER_ERRORS.labels(self.config.name).inc()
-                log.exception(
-                    "backend %s: unexpected error in an export worker, going on: %r", self.name, exc
-                )
-                self._failed_unexpectedly(f"unexpected error in an export worker: {exc!r}")
+                self._telemetry.worker_error(exc)
                 await asyncio.sleep(0.1)  # should the error repeat, do not spin
 
-    def _failed_unexpectedly(self, message: str) -> None:
-        self.last_error = message
-        self.last_error_time = time.time()
-        recent.note("export", message, backend=self.config.name)
-
-    def _set_aside(self, tokens: list[int], parts: list[Batch], exc: BaseException) -> None:
+    def _set_aside(self, run: Run, exc: BaseException) -> None:
         """Batches whose delivery raised: a durable queue keeps them in its quarantine, a memory
         queue cannot (dropped, counted as unexpected)."""
         reason = f"its delivery failed unexpectedly ({exc!r})"
-        for token, part in zip(tokens, parts, strict=True):
+        for token, part in zip(run.tokens, run.parts, strict=True):
             self.queue.quarantine(token, reason, part)
             self._in_hand_items -= part.items
             if not self.queue.durable:
-                self._drop(part, "unexpected", f"unexpected error: {exc!r}")
+                self._telemetry.drop(part, "unexpected", f"unexpected error: {exc!r}")
 
     async def _step(self, me: asyncio.Task[None] | None, carry: list[tuple[int, Batch]]) -> bool:
         """Take a batch (and what merges with it), deliver, acknowledge. False: stop."""
@@ -250,32 +198,23 @@ class Destination:
             finally:
                 self._idle.discard(me)
             self._in_hand_items += batch.items
-        # Merge what is already queued for the same signal and tenant (concatenated export
-        # requests are one valid request); never wait for more, so no latency is added.
-        tokens, parts, size = [token], [batch], len(batch.payload)
-        while size < self.config.batch_max_bytes:
+        # Merge what is already queued for the same signal and tenant; never wait for more, so
+        # no latency is added. What does not merge starts the next run.
+        run = Run(token, batch, self.config.batch_max_bytes)
+        while run.has_room():
             nxt = self.queue.get_nowait()
             if nxt is None:
                 break
-            b = nxt[1]
-            self._in_hand_items += b.items
-            if (
-                b.signal is batch.signal
-                and b.tenant == batch.tenant
-                and size + len(b.payload) <= self.config.batch_max_bytes
-            ):
-                tokens.append(nxt[0])
-                parts.append(b)
-                size += len(b.payload)
-            else:
+            self._in_hand_items += nxt[1].items
+            if not run.take(*nxt):
                 carry.append(nxt)
                 break
         try:
-            await self._deliver_parts(parts)
+            await self._deliver_parts(run.parts)
         except Exception as exc:
-            self._set_aside(tokens, parts, exc)
+            self._set_aside(run, exc)
             raise
-        for t, part in zip(tokens, parts, strict=True):
+        for t, part in zip(run.tokens, run.parts, strict=True):
             self.queue.ack(t)  # only now: a cancelled delivery stays queued (on disk)
             self._in_hand_items -= part.items
         return True
@@ -288,8 +227,8 @@ class Destination:
             pieces = await asyncio.to_thread(
                 split.split, first.signal, first.payload, self.config.batch_max_bytes
             )
-            for piece in pieces:
-                await self._deliver_group([_piece(first, piece)])
+            for p in pieces:
+                await self._deliver_group([piece(first, p)])
             return
         await self._deliver_group(parts)
 
@@ -306,7 +245,7 @@ class Destination:
                 return
             pair = await _halves_off_loop([batch])
             if pair is None:  # a single item the backend will not take
-                self._drop(
+                self._telemetry.drop(
                     batch,
                     "too_large",
                     "the backend refuses it as too large, and it holds one item",
@@ -338,12 +277,12 @@ class Destination:
             for group in level:
                 pair = await _halves_off_loop(group)
                 if pair is None:  # a single item: the backend refuses it on its own
-                    dropped.append(_merged(group))
+                    dropped.append(tally(group))
                     continue
                 for half in pair:
                     if attempts >= MAX_ISOLATE_ATTEMPTS:
                         gave_up = True
-                        dropped.append(_merged(half))
+                        dropped.append(tally(half))
                         continue
                     attempts += 1
                     part = half[0] if len(half) == 1 else self._merges.merge(half)
@@ -359,13 +298,13 @@ class Destination:
             stalled = 0 if took else stalled + 1
             if stalled >= STALLED_LEVELS or attempts >= MAX_ISOLATE_ATTEMPTS:
                 gave_up = gave_up or bool(refused)
-                dropped.extend(_merged(g) for g in refused)
+                dropped.extend(tally(g) for g in refused)
                 break
             level = refused
         items = 0
         for d in dropped:
             items += d.items
-            self._count_drop(d, "permanent_error")
+            self._telemetry.count_drop(d, "permanent_error")
         reason = (
             f"permanent error: {refusal}; the backend refused a batch of {batch.items} "
             f"{batch.signal.item_name} ({len(parts)} requests) as invalid, so it was split: "
@@ -376,32 +315,24 @@ class Destination:
             reason += "; gave up splitting further: the backend refused too many of the parts"
         elif dropped and self._on_invalid is not None:
             self._on_invalid(batch.tenant)
-        self._report_drop(batch, items, reason)
+        self._telemetry.report_drop(batch, items, reason)
 
     async def _deliver(self, batch: Batch) -> _Outcome:
         """Deliver with the OTLP retry rules. Returns _TOO_LARGE when the backend refused the
         batch as too large and the ExportError when it refused its content as invalid (the
         caller splits it); otherwise it is _DELIVERED or _DROPPED (counted and logged)."""
-        started = time.monotonic()
-        delay = self.retry.initial_interval
+        backoff = self._retry_policy.start()
         attempt = 0
         assert self._exporter is not None
-        signal = batch.signal.name
         while True:
             attempt += 1
             if attempt > 1:
-                metrics.RETRIES.labels(self.config.name, signal).inc()
+                self._telemetry.retried(batch)
             began = time.monotonic()
             try:
                 await self._exporter.export(batch)
             except ExportError as exc:
-                self._seconds[signal].observe(time.monotonic() - began)
-                outcome = (
-                    "too_large" if exc.too_large else "retryable" if exc.retryable else "permanent"
-                )
-                metrics.EXPORT_ATTEMPTS.labels(self.config.name, signal, outcome).inc()
-                self._failed(batch, str(exc))
-                elapsed = time.monotonic() - started
+                self._telemetry.failed(batch, exc, time.monotonic() - began)
                 if exc.too_large:
                     return _TOO_LARGE
                 if exc.invalid and not exc.retryable:
@@ -409,89 +340,26 @@ class Destination:
                     return exc
                 if not exc.retryable:
                     self.retrying = False
-                    self._drop(batch, "permanent_error", f"permanent error: {exc}")
+                    self._telemetry.drop(batch, "permanent_error", f"permanent error: {exc}")
                     return _DROPPED
-                wait = (
-                    exc.retry_after
-                    if exc.retry_after is not None
-                    else delay * random.uniform(0.5, 1.5)
-                )
-                if elapsed + wait > self.retry.max_elapsed:
-                    self._drop(
+                decision = backoff.next(exc.retry_after)
+                if decision.wait is None:
+                    self._telemetry.drop(
                         batch,
                         "retries_exhausted",
-                        f"gave up after {attempt} attempts in {elapsed:.0f}s: {exc}",
+                        f"gave up after {attempt} attempts in {decision.elapsed:.0f}s: {exc}",
                     )
                     return _DROPPED
                 self.retrying = True
-                log.info(
-                    "backend %s: attempt %d for %d %s failed, retrying in %.1fs: %s",
-                    self.name,
-                    attempt,
-                    batch.items,
-                    batch.signal.item_name,
-                    wait,
-                    exc,
-                )
-                await asyncio.sleep(wait)
-                delay = min(delay * 2, self.retry.max_interval)
+                self._telemetry.retrying(batch, attempt, decision.wait, exc)
+                await asyncio.sleep(decision.wait)
             except Exception as exc:  # an exporter bug must not kill the worker
-                log.exception("backend %s: unexpected export failure", self.name)
-                metrics.EXPORT_ATTEMPTS.labels(self.config.name, signal, "unexpected").inc()
-                self._failed(batch, repr(exc))
-                self._drop(batch, "unexpected", f"unexpected error: {exc!r}")
+                self._telemetry.crashed(batch, exc)
                 return _DROPPED
             else:
-                self._seconds[signal].observe(time.monotonic() - began)
-                metrics.EXPORT_ATTEMPTS.labels(self.config.name, signal, "ok").inc()
-                metrics.EXPORTED_ITEMS.labels(self.config.name, batch.tenant, signal).inc(
-                    batch.items
-                )
-                metrics.EXPORTED_BYTES.labels(self.config.name, batch.tenant, signal).inc(
-                    len(batch.payload)
-                )
-                self.delivered_items += batch.items
+                self._telemetry.exported(batch, time.monotonic() - began)
                 self.retrying = False
                 return _DELIVERED
-
-    def _failed(self, batch: Batch, message: str) -> None:
-        self.last_error = message
-        self.last_error_time = time.time()
-        recent.note(
-            "export",
-            message,
-            tenant=batch.tenant,
-            backend=self.config.name,
-            signal=batch.signal.name,
-        )
-
-    def _count_drop(self, batch: Batch, label: str) -> None:
-        self.dropped_items += batch.items
-        metrics.DROPPED_ITEMS.labels(batch.tenant, batch.signal.name, self.config.name, label).inc(
-            batch.items
-        )
-
-    def _drop(self, batch: Batch, label: str, reason: str) -> None:
-        self._count_drop(batch, label)
-        self._report_drop(batch, batch.items, reason)
-
-    def _report_drop(self, batch: Batch, items: int, reason: str) -> None:
-        """One log line and recent-errors entry for `items` dropped of `batch`."""
-        recent.note(
-            "dropped",
-            f"{items} {batch.signal.item_name}: {reason}",
-            tenant=batch.tenant,
-            backend=self.config.name,
-            signal=batch.signal.name,
-        )
-        log.error(
-            "backend %s: dropped %d %s of tenant %s: %s",
-            self.name,
-            items,
-            batch.signal.item_name,
-            batch.tenant,
-            reason,
-        )
 
     def _cancel_idle(self) -> None:
         for task in list(self._idle):
@@ -518,24 +386,20 @@ class Destination:
 
     async def retire(self, deadline: float) -> None:
         """Hand the queue over: finish the batches in hand (up to `deadline`), take no more."""
-        self._mode = "retire"
+        self._mode = _Mode.RETIRE
         lost = await self._stop(deadline)
         if lost and not self.queue.durable:
-            metrics.DROPPED_ITEMS.labels("", "", self.config.name, "shutdown").inc(lost)
-            log.error("backend %s: %d items in delivery at the deadline were lost", self.name, lost)
+            self._telemetry.lost_at_stop(lost, "in delivery at the deadline")
 
     async def drain(self, deadline: float) -> None:
         """Shutdown: deliver what is queued until `deadline`, then stop. A durable queue keeps
         what is left for the next start."""
-        self._mode = "drain"
+        self._mode = _Mode.DRAIN
         lost = await self._stop(deadline)
         if not self.queue.durable:
             lost += self.queue.pending_items()
             if lost:
-                metrics.DROPPED_ITEMS.labels("", "", self.config.name, "shutdown").inc(lost)
-                log.error(
-                    "backend %s: %d items not delivered by the deadline were lost", self.name, lost
-                )
+                self._telemetry.lost_at_stop(lost, "not delivered by the deadline")
         elif self.queue.depth:
             log.info(
                 "backend %s: %d queued batches stay on disk for the next start",
@@ -552,8 +416,10 @@ class Pipeline:
         backends: Mapping[str, BackendConfig],
         retry: RetryConfig,
         worker: int | None = None,
+        recent: RecentErrors | None = None,
     ) -> None:
         self.worker = worker  # the worker process's index when there are several
+        self.recent = recent or RecentErrors()  # export failures and drops are noted here
         self.backends: dict[str, BackendConfig] = self._own(backends)
         self._per_tenant = self._tenant_split(self.backends)
         self.retry = retry
@@ -611,10 +477,10 @@ class Pipeline:
                 raise Unavailable(f"the queue of backend {name} cannot be opened: {exc}") from exc
             self._queues[key] = queue
         label = name if tenant is None else f"{name}[{tenant}]"
-        d = Destination(label, config, self.retry, queue, self._merges, self._invalid)
+        d = Destination(label, config, self.retry, queue, self.recent, self._merges, self._invalid)
         d.start()
         self.destinations[key] = d
-        self._merges.update(self.destinations.values())
+        self._merges.update(d.queue for d in self.destinations.values())
         return d
 
     async def _open_once(self, key: Key) -> Destination:
@@ -645,11 +511,13 @@ class Pipeline:
                 del self.destinations[key]
                 self._later(self._close_removed(key, d, deadline))
                 continue
-            replacement = Destination(d.name, config, retry, d.queue, self._merges, self._invalid)
+            replacement = Destination(
+                d.name, config, retry, d.queue, self.recent, self._merges, self._invalid
+            )
             replacement.start()
             self.destinations[key] = replacement
             self._later(d.retire(deadline))
-        self._merges.update(self.destinations.values())
+        self._merges.update(d.queue for d in self.destinations.values())
 
     async def _close_removed(self, key: Key, d: Destination, deadline: float) -> None:
         await d.drain(deadline)

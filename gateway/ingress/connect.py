@@ -322,15 +322,17 @@ async def _convert_pending_json(request: RawRequest) -> None:
 
 
 def _install_json_codec() -> None:
-    # connect-python 0.9 has no per-app codec option; its registry is looked up per request.
+    """Make connect-python use _JSONCodec for Connect-JSON and gRPC+json. connect-python 0.9 has
+    no per-app codec option, only a process-wide registry looked up per request: so this is done
+    when an RPCService is made (not when the module is imported), and done once."""
     from connectrpc import _codec
 
+    names = (_codec.CODEC_NAME_JSON, _codec.CODEC_NAME_JSON_CHARSET_UTF8)
+    if all(isinstance(_codec._codecs.get(name), _JSONCodec) for name in names):
+        return
     codec = _JSONCodec()
-    for name in (_codec.CODEC_NAME_JSON, _codec.CODEC_NAME_JSON_CHARSET_UTF8):
+    for name in names:
         _codec._codecs[name] = codec
-
-
-_install_json_codec()
 
 
 class RPCService:
@@ -340,6 +342,7 @@ class RPCService:
         self, signal: Signal, intake: Intake, limits_: Limits, inflight: limits.InFlight
     ) -> None:
         self.signal = signal
+        _install_json_codec()
         self._intake = intake
         self._limits = limits_
         self._inflight = inflight

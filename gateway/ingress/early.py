@@ -35,7 +35,7 @@ class EarlyRefusal:
         self._answers: dict[tuple[str, int, str], EarlyAnswer] = {}
 
     def __call__(self, port: int | None, path: str, header: Header) -> EarlyAnswer | None:
-        if (port is not None and port == self._admin_port) or self._intake.directory.open:
+        if (port is not None and port == self._admin_port) or self._intake.registry.open:
             return None
         signal = self._http.get(path)
         content_type = (header(b"content-type") or b"").split(b";", 1)[0].strip().lower()
@@ -54,7 +54,7 @@ class EarlyRefusal:
         names = ("authorization", "x-api-key")
         headers = {n: v.decode("latin-1") for n in names if (v := header(n.encode())) is not None}
         try:
-            self._intake.directory.authenticate(headers, signal)
+            self._intake.registry.authenticate(headers, signal)
         except GatewayError as error:
             self._intake.refused(signal, transport, error)
             return self._answer(transport, error)

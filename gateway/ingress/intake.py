@@ -19,8 +19,9 @@ from gateway.ingress.guard import LogThrottle
 from gateway.otlp import offload, wire
 from gateway.otlp.signals import TRACES, Signal
 from gateway.otlp.validate import Malformed, Validation
-from gateway.telemetry import metrics, recent
-from gateway.tenancy.tenants import Directory, Tenant
+from gateway.telemetry import metrics
+from gateway.telemetry.recent import RecentErrors
+from gateway.tenancy.tenants import Tenant, TenantRegistry
 
 log = logging.getLogger("otlp_gateway.intake")
 
@@ -39,11 +40,6 @@ def _refusals_left_out(key: tuple[str, str], count: int, interval: float) -> Non
             "fields": {"event": "refused", "tenant": tenant, "reason": reason, "suppressed": count}
         },
     )
-
-
-# A client that sends refused request after request (a wrong key in a loop, a reconnecting
-# attacker) would otherwise write a line per request.
-_REFUSAL_LOG = LogThrottle[tuple[str, str]](_refusals_left_out)
 
 
 def text_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
@@ -94,15 +90,21 @@ class _Counts:
 class Intake:
     def __init__(
         self,
-        directory: Directory,
+        registry: TenantRegistry,
         pipeline: Pipeline,
         tail: TailHub | None = None,
         validation: Validation | None = None,
+        recent: RecentErrors | None = None,
     ) -> None:
-        self.directory = directory  # replaced whole on a config reload
+        self.registry = registry  # replaced whole on a config reload
+        self.recent = recent if recent is not None else RecentErrors()  # refusals are noted here
+        # A client that sends refused request after request (a wrong key in a loop, a
+        # reconnecting attacker) would otherwise write a line per request.
+        self._refusal_log = LogThrottle[tuple[str, str]](_refusals_left_out)
         # which tenants' requests get every item decoded before they are acknowledged
         self.validation = validation if validation is not None else Validation("wire")
         self._pipeline = pipeline
+        # the tail's analysis thread is RED's too (gateway/analysis/background.py)
         self.tail = tail if tail is not None else TailHub()
         self._counts: dict[tuple[str, str, str], _Counts] = {}
 
@@ -111,12 +113,12 @@ class Intake:
     ) -> Tenant:
         """Who is sending, and whether there is room for a request now, from the headers alone:
         raises Unauthenticated / PermissionDenied, then Throttled while `inflight` is full."""
-        tenant = self.directory.authenticate(headers, signal)
+        tenant = self.registry.authenticate(headers, signal)
         if inflight.full:
             busy = Throttled(inflight.busy_message(), retry_after=1.0, reason="busy")
             busy.tenant = tenant.name
             raise busy
-        if not self.directory.open:
+        if not self.registry.open:
             # A tenant past its share of the budget waits; the others are still served.
             if inflight.over_share(tenant.name):
                 message = inflight.share_message(tenant.name)
@@ -165,7 +167,7 @@ class Intake:
                     if len(forwarded) <= background.INLINE_BYTES:
                         tenant.red.observe(forwarded)  # ~1 ms at most: not worth a thread
                     else:
-                        background.SPANS.later(len(forwarded), tenant.red.observe, forwarded)
+                        self.tail.analysis.later(len(forwarded), tenant.red.observe, forwarded)
                 if self.tail.watching(name):
                     self.tail.publish(name, forwarded, kept)
             except Exception:  # a bug here must not turn an accepted request into a 500
@@ -187,9 +189,9 @@ class Intake:
         metrics.REQUESTS.labels(tenant, signal.name, transport, error.reason).inc()
         if error.reason in _AUTH:
             metrics.AUTH_FAILURES.labels(transport, error.reason).inc()
-        if not _REFUSAL_LOG.admit((error.reason, tenant)):
+        if not self._refusal_log.admit((error.reason, tenant)):
             return
-        recent.note(
+        self.recent.note(
             "refused",
             f"{error.http_status} {error.reason}: {error.message}",
             tenant=error.tenant or "",

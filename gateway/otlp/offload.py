@@ -81,15 +81,20 @@ class _Worker:
         if self._thread is None:
             self._thread = ThreadPoolExecutor(1, thread_name_prefix="otlp-decode-pipe")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, self._ask, kind, body)
+        # In a box the thread empties: the executor's work item keeps its arguments until the
+        # thread gets round to dropping it, which may be after the answer was used, and the
+        # body must not outlive the request (up to 16 MiB each).
+        return await loop.run_in_executor(self._thread, self._ask, kind, [body])
 
-    def _ask(self, kind: int, body: bytes) -> tuple[int, bytes]:
+    def _ask(self, kind: int, box: list[bytes]) -> tuple[int, bytes]:
         proc = self._started()
         assert proc.stdin is not None and proc.stdout is not None
         try:
+            body = box.pop()
             proc.stdin.write(decodeworker.HEADER.pack(kind, len(body)))
             proc.stdin.write(body)
             proc.stdin.flush()
+            del body  # written: nothing of this thread holds the request while it waits
             header = proc.stdout.read(decodeworker.HEADER.size)
             if len(header) < decodeworker.HEADER.size:
                 raise EOFError

@@ -8,11 +8,12 @@ import signal
 import socket
 import ssl
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, Literal, Protocol
 
 from starlette.types import Receive, Scope, Send
 
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, Runtime
 from gateway.ingress.guard import RefuseEarly
 from gateway.server.workers import supervise
 
@@ -28,7 +29,7 @@ class ServedApp(Protocol):
     def stopping(self) -> None: ...
 
 
-AppFactory = Callable[[GatewayConfig], ServedApp]
+AppFactory = Callable[[GatewayConfig, Runtime], ServedApp]
 
 log = logging.getLogger("otlp_gateway")
 
@@ -52,18 +53,24 @@ def _bind(address: str, port_offset: int = 0, reuse_port: bool = False) -> socke
     return sock
 
 
-def serve(config: GatewayConfig, make_app: AppFactory, *, log_level: str = "info") -> None:
+def serve(
+    config: GatewayConfig, make_app: AppFactory, runtime: Runtime, *, log_level: str = "info"
+) -> None:
     """Serve the app `make_app` builds for `config` until SIGTERM/SIGINT; with `workers: N`, fork
-    N processes that each do so (gateway/server/workers.py)."""
-    if config.workers > 1 and config.worker is None:
-        supervise(config, lambda worker_config: serve(worker_config, make_app, log_level=log_level))
+    N processes that each do so, each with its index as `runtime.worker` (server/workers.py)."""
+    if config.workers > 1 and runtime.worker is None:
+
+        def worker(index: int) -> None:
+            serve(config, make_app, replace(runtime, worker=index), log_level=log_level)
+
+        supervise(config.workers, worker)
         return
-    app = make_app(config)
-    several = config.worker is not None
+    app = make_app(config, runtime)
+    several = runtime.worker is not None
     sockets = [_bind(address, reuse_port=several) for address in config.listen]
     admin = None
     if config.admin.listen is not None:  # worker i: the admin port + i
-        admin = _bind(config.admin.listen, port_offset=config.worker or 0)
+        admin = _bind(config.admin.listen, port_offset=runtime.worker or 0)
     if config.server == "hypercorn":
         _serve_hypercorn(app, config, sockets, admin, log_level)
     else:

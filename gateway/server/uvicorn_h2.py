@@ -66,7 +66,6 @@ def _log_summary(reason: str, count: int, interval: float) -> None:
     )
 
 
-_LOG = LogThrottle[str](_log_summary)
 _MESSAGES = {
     "stream_churn": "a connection reset or opened refused streams faster than its budget; "
     "ended it with GOAWAY(ENHANCE_YOUR_CALM)",
@@ -80,26 +79,27 @@ _MESSAGES = {
 }
 
 
-def _ended(reason: str, peer: str) -> None:
-    metrics.CONNECTIONS_ENDED.labels(reason).inc()
-    if _LOG.admit(reason):
-        log.warning(
-            "%s (peer %s)",
-            _MESSAGES[reason],
-            peer,
-            extra={"fields": {"event": "connection_ended", "reason": reason, "peer": peer}},
-        )
-
-
 @dataclass
 class ConnectionGuard:
-    """What every connection of one server shares: the app's early refusal, the timeouts and
-    the per-peer budget."""
+    """What every connection of one server shares: the app's early refusal, the timeouts, the
+    per-peer budget and the throttle of the lines logged for connections it ended."""
 
     refuse_early: RefuseEarly | None = None
     header_timeout: float = 30.0
     body_timeout: float = 30.0
     peers: PeerBudget = field(default_factory=PeerBudget)
+    log_throttle: LogThrottle[str] = field(default_factory=lambda: LogThrottle(_log_summary))
+
+    def ended(self, reason: str, peer: str) -> None:
+        """Count (and log, throttled) a connection ended or refused for `reason`."""
+        metrics.CONNECTIONS_ENDED.labels(reason).inc()
+        if self.log_throttle.admit(reason):
+            log.warning(
+                "%s (peer %s)",
+                _MESSAGES[reason],
+                peer,
+                extra={"fields": {"event": "connection_ended", "reason": reason, "peer": peer}},
+            )
 
 
 def _peer(transport: asyncio.BaseTransport) -> str:
@@ -130,7 +130,7 @@ class GracefulH2Protocol(ZttpH2Protocol):
             return
         super().data_received(data)
         if self.transport.get_write_buffer_size() > WRITE_BACKLOG_CAP:
-            _ended("write_backlog", self._peer)
+            self.guard.ended("write_backlog", self._peer)
             self.transport.abort()  # close() would wait for the client to read the backlog
 
     def handle_request(self, event: zttp.Request) -> None:
@@ -204,7 +204,7 @@ class GracefulH2Protocol(ZttpH2Protocol):
             self._calm("peer_churn")
 
     def _calm(self, reason: str) -> None:
-        _ended(reason, self._peer)
+        self.guard.ended(reason, self._peer)
         self.conn.close(_ENHANCE_YOUR_CALM)
         self.flush()
         self.transport.close()
@@ -261,7 +261,7 @@ class GuardedH1Protocol(ZttpProtocol):
     def _timed_out(self, reason: str) -> None:
         self._head_timer = self._drain_timer = None
         if not self.transport.is_closing():
-            _ended(reason, _peer(self.transport))
+            self.guard.ended(reason, _peer(self.transport))
             self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -281,7 +281,7 @@ class GracefulAutoProtocol(AutoZttpProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         if not self.guard.peers.take(_peer(transport)):
             self.transport = transport
-            _ended("peer_churn", _peer(transport))
+            self.guard.ended("peer_churn", _peer(transport))
             transport.abort()
             return
         super().connection_made(transport)

@@ -16,26 +16,23 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import replace
-
-from gateway.config import GatewayConfig
 
 log = logging.getLogger("otlp_gateway.workers")
 
 RESTART_DELAY = 1.0  # seconds before a worker that died is started again
 
 
-# Serves one worker's config until it is told to stop (the server's serve, handed in by it: as
+# Serves worker `index` until it is told to stop (the server's serve, handed in by it: as
 # uvicorn's Multiprocess takes its target, so this module needs nothing of the server's).
-Target = Callable[[GatewayConfig], None]
+Target = Callable[[int], None]
 
 
-def _run_worker(config: GatewayConfig, index: int, target: Target) -> None:
+def _run_worker(index: int, target: Target) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
     code = 0
     try:
-        target(replace(config, worker=index, pinned=(*config.pinned, "worker")))
+        target(index)
     except BaseException:
         log.exception("worker %d failed", index)
         code = 1
@@ -45,14 +42,15 @@ def _run_worker(config: GatewayConfig, index: int, target: Target) -> None:
     os._exit(code)
 
 
-def supervise(config: GatewayConfig, target: Target) -> None:
+def supervise(workers: int, target: Target) -> None:
+    """Run `target(index)` for each index below `workers`, each in a process of its own."""
     children: dict[int, int] = {}  # pid -> worker index
     stopping = False
 
     def start(index: int) -> None:
         pid = os.fork()
         if pid == 0:
-            _run_worker(config, index, target)
+            _run_worker(index, target)
         children[pid] = index
         log.info("worker %d started (pid %d)", index, pid)
 
@@ -66,7 +64,7 @@ def supervise(config: GatewayConfig, target: Target) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
-    for index in range(config.workers):
+    for index in range(workers):
         start(index)
     while children:
         try:

@@ -237,7 +237,7 @@ class QueueReading:
 
 class _QueueCollector(Collector):
     def __init__(self) -> None:
-        self.source: Callable[[], Iterable[QueueReading]] = lambda: ()
+        self.source: Callable[[], Iterable[QueueReading]] | None = None
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         labels = ["backend", "tenant"]
@@ -262,7 +262,7 @@ class _QueueCollector(Collector):
             "operator to look at and delete. Counted on disk, so it survives restarts.",
             labels=labels,
         )
-        for r in self.source():
+        for r in self.source() if self.source is not None else ():
             values = [r.backend, r.tenant]
             depth.add_metric(values, r.batches)
             size.add_metric(values, r.bytes)
@@ -277,3 +277,21 @@ class _QueueCollector(Collector):
 
 QUEUES = _QueueCollector()
 REGISTRY.register(QUEUES)
+
+
+def bind_app(
+    queues: Callable[[], Iterable[QueueReading]], inflight_bytes: Callable[[], float]
+) -> Callable[[], None]:
+    """Point the gauges that are read at scrape time (queue levels, bytes in flight) to one app;
+    returns what unbinds them. The registry is the process's, so one app at a time binds it: a
+    second one is refused instead of silently taking over the first one's gauges."""
+    if QUEUES.source is not None:
+        raise RuntimeError("the metrics are bound to another app of this process")
+    QUEUES.source = queues
+    INFLIGHT_BYTES.set_function(inflight_bytes)
+
+    def unbind() -> None:
+        QUEUES.source = None
+        INFLIGHT_BYTES.set_function(lambda: 0.0)
+
+    return unbind

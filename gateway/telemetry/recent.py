@@ -1,5 +1,6 @@
 """The last errors worth a look (refusals, export failures, drops, reload failures), kept in a
-small ring for the admin API and the status page."""
+small ring for the admin API and the status page. One ring per app: the app makes it and hands it
+to the layers that note errors."""
 
 from __future__ import annotations
 
@@ -20,12 +21,14 @@ class RecentError:
     signal: str = ""
 
 
-_ring: collections.deque[RecentError] = collections.deque(maxlen=SIZE)
+class RecentErrors:
+    def __init__(self, size: int = SIZE) -> None:
+        self._ring: collections.deque[RecentError] = collections.deque(maxlen=size)
 
+    def note(
+        self, kind: str, message: str, *, tenant: str = "", backend: str = "", signal: str = ""
+    ) -> None:
+        self._ring.append(RecentError(time.time(), kind, message, tenant, backend, signal))
 
-def note(kind: str, message: str, *, tenant: str = "", backend: str = "", signal: str = "") -> None:
-    _ring.append(RecentError(time.time(), kind, message, tenant, backend, signal))
-
-
-def newest_first() -> list[RecentError]:
-    return list(reversed(_ring))
+    def newest_first(self) -> list[RecentError]:
+        return list(reversed(self._ring))

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+
+Clock = Callable[[], float]
 
 
 class TokenBucket:
-    def __init__(self, rate: float, burst_seconds: float) -> None:
+    def __init__(self, rate: float, burst_seconds: float, now: float) -> None:
         self.rate = rate
         self.capacity = max(rate * burst_seconds, 1.0)
         self.tokens = self.capacity
-        self._last = time.monotonic()
+        self._last = now
 
     def _refill(self, now: float) -> None:
         self.tokens = min(self.capacity, self.tokens + (now - self._last) * self.rate)
@@ -31,14 +34,20 @@ class Quota:
     """Items/s and bytes/s buckets of one tenant; a request must fit both."""
 
     def __init__(
-        self, items_per_second: float | None, bytes_per_second: float | None, burst_seconds: float
+        self,
+        items_per_second: float | None,
+        bytes_per_second: float | None,
+        burst_seconds: float,
+        clock: Clock = time.monotonic,  # a fake one in unit tests
     ) -> None:
-        self.items = TokenBucket(items_per_second, burst_seconds) if items_per_second else None
-        self.bytes = TokenBucket(bytes_per_second, burst_seconds) if bytes_per_second else None
+        self._clock = clock
+        now = clock()
+        self.items = TokenBucket(items_per_second, burst_seconds, now) if items_per_second else None
+        self.bytes = TokenBucket(bytes_per_second, burst_seconds, now) if bytes_per_second else None
 
     def admit(self, items: int, size: int) -> float:
         """Take the request's cost and return 0, or take nothing and return the seconds to wait."""
-        now = time.monotonic()
+        now = self._clock()
         wait = 0.0
         if self.items is not None:
             wait = max(wait, self.items.wait_for(items, now))

@@ -1,8 +1,8 @@
 """Who sent a request, and what that tenant's data goes through: API key -> tenant in one step,
 allowed signals, quota, drop rules, enrichment and routes.
 
-A Directory is built from one config and never changes; a reload builds a new one (keeping the
-quota buckets of tenants whose quota did not change) and swaps it in.
+A TenantRegistry is built from one config and never changes; a reload builds a new one (keeping
+the quota buckets of tenants whose quota did not change) and swaps it in.
 """
 
 from __future__ import annotations
@@ -113,8 +113,8 @@ class Tenant:
         return payload, items
 
 
-class Directory:
-    def __init__(self, config: GatewayConfig, previous: Directory | None = None) -> None:
+class TenantRegistry:
+    def __init__(self, config: GatewayConfig, previous: TenantRegistry | None = None) -> None:
         self.open = config.tenants is None
         global_rules = list(config.drop)
         old = previous.tenants if previous is not None else {}

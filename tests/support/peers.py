@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -30,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 REQUEST_TYPES: dict[str, Any] = {
     "traces": ExportTraceServiceRequest,
     "metrics": ExportMetricsServiceRequest,
@@ -38,10 +39,38 @@ REQUEST_TYPES: dict[str, Any] = {
 }
 
 
+# Ports the tests hand out: below Linux's ephemeral range (32768-60999), so neither the kernel's
+# port-0 choices nor outgoing connections take them, and split between pytest-xdist's workers, so
+# two workers never hand out the same port (a port-0 probe can: the kernel gives a port closed by
+# one process to the next that asks).
+_PORTS = range(20000, 32768)
+_cursor: list[int] = []
+
+
+def _my_ports() -> range:
+    count = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    index = int(worker) % count if worker.isdigit() else 0
+    size = len(_PORTS) // count
+    return _PORTS[index * size : (index + 1) * size]
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nothing listens on, from this worker's share; a child process (a bench script) that
+    inherits the worker's share starts at a random place in it."""
+    ports = _my_ports()
+    if not _cursor:
+        _cursor.append(random.randrange(len(ports)))
+    for _ in range(len(ports)):
+        port = ports[_cursor[0]]
+        _cursor[0] = (_cursor[0] + 1) % len(ports)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use (a long-lived gateway of this worker, another program)
+            return port
+    raise RuntimeError(f"no free port in {ports}")
 
 
 def wait_for_port(port: int, timeout: float = 20.0, host: str = "127.0.0.1") -> None:
