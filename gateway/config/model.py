@@ -155,6 +155,8 @@ class BackendConfig:
     queue: QueueConfig = QueueConfig()
     # queued requests merge up to this; bigger ones split
     batch_max_bytes: int = field(default=4 * 1024 * 1024, metadata=SIZE)
+    # how long a small export (under 64 KiB) waits for more requests to merge; 0: never waits
+    batch_linger: float = field(default=0.005, metadata=DURATION)
     # file backend
     path: str = ""  # required when the protocol is file
     rotate_bytes: int = field(default=100 * 1024 * 1024, metadata=SIZE)

@@ -42,7 +42,10 @@ log = logging.getLogger("otlp_gateway.pipeline")
 # What a client is told to wait when a destination queue is full.
 FULL_QUEUE_RETRY_AFTER = 1.0
 
-Key = tuple[str, str | None]  # (backend, tenant when the backend's headers name the tenant)
+Key = tuple[str, str | None]
+# Exports smaller than this wait `batch_linger` for more to merge (a 512-span request is ~245 KB:
+# large requests are sent as soon as they are taken)
+LINGER_BELOW_BYTES = 64 * 1024  # (backend, tenant when the backend's headers name the tenant)
 
 
 def _dir_name(backend: str, tenant: str | None) -> str:
@@ -198,17 +201,17 @@ class Destination:
             finally:
                 self._idle.discard(me)
             self._in_hand_items += batch.items
-        # Merge what is already queued for the same signal and tenant; never wait for more, so
-        # no latency is added. What does not merge starts the next run.
+        # Merge what is already queued for the same signal and tenant. What does not merge
+        # starts the next run.
         run = Run(token, batch, self.config.batch_max_bytes)
-        while run.has_room():
-            nxt = self.queue.get_nowait()
-            if nxt is None:
-                break
-            self._in_hand_items += nxt[1].items
-            if not run.take(*nxt):
-                carry.append(nxt)
-                break
+        self._gather(run, carry)
+        if not carry and run.size < LINGER_BELOW_BYTES and self.config.batch_linger > 0:
+            # A small export waits a moment for more small requests to ride along: one export
+            # of many costs a fraction of many exports (gzip, a request to the backend). The
+            # clients were answered when their requests were queued: this delays delivery,
+            # never an acknowledgement.
+            await asyncio.sleep(self.config.batch_linger)
+            self._gather(run, carry)
         try:
             await self._deliver_parts(run.parts)
         except Exception as exc:
@@ -218,6 +221,18 @@ class Destination:
             self.queue.ack(t)  # only now: a cancelled delivery stays queued (on disk)
             self._in_hand_items -= part.items
         return True
+
+    def _gather(self, run: Run, carry: list[tuple[int, Batch]]) -> None:
+        """Add to `run` what is queued now and merges with it; the first that does not merge
+        goes to `carry`."""
+        while run.has_room():
+            nxt = self.queue.get_nowait()
+            if nxt is None:
+                return
+            self._in_hand_items += nxt[1].items
+            if not run.take(*nxt):
+                carry.append(nxt)
+                return
 
     async def _deliver_parts(self, parts: list[Batch]) -> None:
         first = parts[0]

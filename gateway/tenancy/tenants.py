@@ -125,6 +125,7 @@ class TenantRegistry:
         )
         self.tenants: dict[str, Tenant] = {}
         self._by_digest: dict[bytes, Tenant] = {}
+        self._by_key: dict[str, Tenant] = {}  # keys that matched before: no hash to compute
         for name, tc in tenant_configs.items():
             rules = global_rules + list(tc.drop)
             quota = None
@@ -165,6 +166,10 @@ class TenantRegistry:
         named, key = keys.credentials(headers)
         if key is None:
             raise Unauthenticated(MISSING_KEY)
+        tenant = self._by_key.get(key)
+        if tenant is not None and (named is None or named == tenant.name):
+            tenant.check_signal(signal)  # a key seen before: no hashing (~2 us a request)
+            return tenant
         presented = bytes.fromhex(keys.digest(key))
         tenant = self._by_digest.get(presented)
         # Keys are compared as SHA-256 digests (the lookup cannot leak a key's characters); the
@@ -173,5 +178,10 @@ class TenantRegistry:
             raise Unauthenticated(WRONG_KEY)
         if named is not None and named != tenant.name:
             raise Unauthenticated(WRONG_KEY)
+        # Only keys that matched are remembered, so the table holds at most one entry per
+        # configured key; a registry is never changed (a reload makes a new one, forgetting
+        # revoked keys). Looking a presented key up leaks nothing: the dict compares hashes
+        # (randomized per process) and compares strings only when they are equal.
+        self._by_key[key] = tenant
         tenant.check_signal(signal)
         return tenant
