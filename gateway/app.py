@@ -25,6 +25,7 @@ from gateway.config import DEFAULT_TENANT, GatewayConfig, Runtime
 from gateway.delivery.pipeline import Pipeline
 from gateway.ingress.connect import RPCService
 from gateway.ingress.early import EarlyRefusal
+from gateway.ingress.grpc import is_grpc_proto
 from gateway.ingress.guard import RefuseEarly
 from gateway.ingress.http import OTLPHTTPEndpoint
 from gateway.ingress.intake import Intake
@@ -74,6 +75,7 @@ class GatewayApp:
         # OTLP/HTTP paths served without Starlette's middleware and router (their layers were
         # ~5% of a small request); empty when a middleware (CORS) must see every request
         self.direct: dict[str, ASGIApp] = {}
+        self.grpc_direct: dict[str, ASGIApp] = {}  # gRPC Export paths: the same for gRPC calls
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "lifespan" and self.admin_port is not None:
@@ -85,6 +87,10 @@ class GatewayApp:
             endpoint = self.direct.get(scope["path"])
             if endpoint is not None:
                 await endpoint(scope, receive, send)
+                return
+            export = self.grpc_direct.get(scope["path"])
+            if export is not None and is_grpc_proto(scope):
+                await export(scope, receive, send)
                 return
         await self.main(scope, receive, send)
 
@@ -114,12 +120,14 @@ def create_app(config: GatewayConfig, runtime: Runtime) -> GatewayApp:
     inflight = InFlight(limits.max_inflight_bytes, limits.inflight_share, limits.body_timeout)
     routes: list[BaseRoute] = []
     direct: dict[str, ASGIApp] = {}
+    grpc_direct: dict[str, ASGIApp] = {}
     for signal in SIGNALS:
         endpoint = OTLPHTTPEndpoint(signal, intake, config.limits, inflight)
         routes.append(Route(signal.http_path, endpoint))
         direct[signal.http_path] = endpoint
         rpc = RPCService(signal, intake, config.limits, inflight)
         routes.append(Mount(rpc.path, app=rpc))
+        grpc_direct[rpc.path + "/Export"] = rpc.grpc
     grpc_health = GrpcHealth(readiness)  # on every listener, for gRPC probes on the OTLP port
     routes.append(Mount(grpc_health.path, app=grpc_health))
 
@@ -172,7 +180,7 @@ def create_app(config: GatewayConfig, runtime: Runtime) -> GatewayApp:
     port = admin_port(config, runtime.worker)
     gateway = GatewayApp(main, admin, port, tail)
     if not middleware:
-        gateway.direct = direct
+        gateway.direct, gateway.grpc_direct = direct, grpc_direct
     # for the HTTP/2 server: refuses keyless OTLP streams before they cost an app task
     gateway.refuse_early = EarlyRefusal(intake, port)
     return gateway

@@ -367,6 +367,7 @@ class RPCService:
 
         self.app._endpoints = raw_endpoints
         self.path: str = self.app.path
+        self.grpc = self._grpc  # OTLP/gRPC Export alone, for the app's direct dispatch
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -318,24 +318,30 @@ def count_items(signal: Signal, data: bytes) -> int:
     if message.ByteSize() != len(data):
         del message
         return checked_walk_count(signal, data)
-    path = signal.item_path
-    last = len(path) - 1
-    return _count_path(message, path, 0, last, [MAX_CONTAINERS])
+    return _count_levels(message, _path_names(signal))
 
 
-def _count_path(
-    message: Message, path: tuple[frozenset[int], ...], depth: int, last: int, budget: list[int]
-) -> int:
-    """Items below `message` at `depth`: only the path's fields are visited."""
-    total = 0
-    for number in path[depth]:
-        children = getattr(message, f"f{number}")
-        if depth == last:
-            total += len(children)
-            continue
-        budget[0] -= len(children)
-        if budget[0] < 0:
+_PATH_NAMES: dict[str, tuple[tuple[str, ...], ...]] = {}
+
+
+def _path_names(signal: Signal) -> tuple[tuple[str, ...], ...]:
+    """The shallow type's field names along the item path, per level."""
+    names = _PATH_NAMES.get(signal.name)
+    if names is None:
+        names = tuple(tuple(f"f{n}" for n in level) for level in signal.item_path)
+        _PATH_NAMES[signal.name] = names
+    return names
+
+
+def _count_levels(message: Message, levels: tuple[tuple[str, ...], ...]) -> int:
+    """Items below `message`, level by level (a loop, not a call per message: a 1-span request
+    is counted in ~1 us instead of ~3)."""
+    containers = [message]
+    budget = MAX_CONTAINERS
+    for names in levels[:-1]:
+        containers = [c for m in containers for name in names for c in getattr(m, name)]
+        budget -= len(containers)
+        if budget < 0:
             raise WireError(_TOO_MANY_CONTAINERS)
-        for child in children:
-            total += _count_path(child, path, depth + 1, last, budget)
-    return total
+    last = levels[-1]
+    return sum(len(getattr(m, name)) for m in containers for name in last)
