@@ -282,14 +282,16 @@ class GuardedH1Protocol(ZttpProtocol):
         super().__init__(*args, **kwargs)
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_started: float | None = None  # when the head being received began
+        self._idle_since: float | None = None  # when the last response ended, if nothing came
         self._drain_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         corked = _CorkedTransport(transport, self.loop)
         super().connection_made(corked)  # type: ignore[arg-type]
-        self._head_timer = self.loop.call_later(self.guard.header_timeout, self._check_head)
+        self._head_timer = self.loop.call_later(self._tick(), self._check_timers)
 
     def data_received(self, data: bytes) -> None:
+        self._idle_since = None
         cycle = self.cycle
         if self._head_started is None and (
             cycle is None or (cycle.response_complete and not cycle.more_body)
@@ -303,21 +305,44 @@ class GuardedH1Protocol(ZttpProtocol):
             self._drain_timer.cancel()
             self._drain_timer = None
 
-    def _check_head(self) -> None:
+    def _tick(self) -> float:
+        return min(self.guard.header_timeout, float(self.timeout_keep_alive))
+
+    def _check_timers(self) -> None:
+        """The connection's one timer: the head timeout, and uvicorn's keep-alive timeout."""
         self._head_timer = None
         if self.transport.is_closing():
             return
-        timeout = self.guard.header_timeout
-        started = self._head_started
         now = self.loop.time()
-        if started is not None and now - started >= timeout:
+        started, idle = self._head_started, self._idle_since
+        if started is not None and now - started >= self.guard.header_timeout:
             self._timed_out("header_timeout")
             return
-        due = started + timeout if started is not None else now + timeout
-        self._head_timer = self.loop.call_at(due, self._check_head)
+        if idle is not None and now - idle >= self.timeout_keep_alive:
+            self.timeout_keep_alive_handler()
+            return
+        due = now + self._tick()
+        if started is not None:
+            due = min(due, started + self.guard.header_timeout)
+        if idle is not None:
+            due = min(due, idle + self.timeout_keep_alive)
+        self._head_timer = self.loop.call_at(due, self._check_timers)
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
+        # uvicorn's (zttp_impl 0.54), without its keep-alive timer made per response:
+        # _check_timers closes a connection idle for timeout_keep_alive
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self._unset_keepalive_if_required()
+        self._idle_since = self.loop.time()
+        self.flow.resume_reading()
+        if self.cycle is not None and not self.cycle.more_body:
+            self.conn.start_next_cycle()
+            try:
+                self.handle_events(self.conn.next_event())
+            except zttp.RemoteProtocolError:  # pragma: no cover
+                self.handle_remote_protocol_error()
         cycle = self.cycle
         if cycle is not None and cycle.more_body and not self.transport.is_closing():
             self._drain_timer = self.loop.call_later(
