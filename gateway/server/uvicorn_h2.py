@@ -247,7 +247,7 @@ class _CorkedTransport:
     def _flush(self) -> None:
         self._flush_handle = None
         pending, self._pending = self._pending, []
-        if pending:
+        if pending and not self._transport.is_closing():  # a reset peer: nothing to send to
             self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
 
     def close(self) -> None:
@@ -255,6 +255,12 @@ class _CorkedTransport:
             self._flush_handle.cancel()
             self._flush()
         self._transport.close()
+
+    def write_eof(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush()
+        self._transport.write_eof()
 
     def abort(self) -> None:
         if self._flush_handle is not None:
