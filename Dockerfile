@@ -6,7 +6,7 @@
 #     -e OTLP_GATEWAY_BACKEND_ENDPOINT=http://lgtm:4318 otlp-gateway:0.1.0
 #
 # Installs exactly what the README's install command installs (`python3 -m pip install uv`, then
-# the locked dependencies from uv.lock with `uv sync --frozen`), without the development group.
+# the locked dependencies from uv.lock without the development group: `uv sync --frozen --no-dev`).
 # The config is /etc/otlp-gateway/gateway.yaml (mount your own over it; `${VAR}` in it are read
 # from the environment); durable queues live under /var/lib/otlp-gateway (mount a volume there).
 # See docs/deploy.md.
@@ -56,6 +56,6 @@ EXPOSE 4317 4318 9464
 HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:9464/healthz', timeout=2).status == 200 else 1)"]
 STOPSIGNAL SIGTERM
-# The command `uv run --frozen otlp-gateway serve` runs, from the environment built above.
+# The command `uv run --frozen --no-dev otlp-gateway serve` runs, from the environment built above.
 ENTRYPOINT ["otlp-gateway"]
 CMD ["serve", "--config", "/etc/otlp-gateway/gateway.yaml"]

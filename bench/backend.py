@@ -14,7 +14,6 @@ from typing import Any
 from bench.procs import BENCH, LOAD_CORE, Procs, http_get, pinned, proc_cpu_seconds
 from bench.sink import PortStats
 
-SINK_PORTS = (4600, 4601)
 TENANT = "acme"  # the sink counts spans whose resource lacks tenant.id = this
 
 SinkStats = dict[int, PortStats]  # per sink port, since the sink started

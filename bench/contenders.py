@@ -1,7 +1,7 @@
 """The contenders: the gateway (`server: uvicorn | hypercorn`) and rotel, with the same pipeline:
 an API key check (rotel has none), the resource attribute `tenant.id` added, forwarding as
 OTLP/HTTP protobuf with gzip to the sink (backend.py). Each runs pinned to the contender core, a
-fresh process per cell, and answers on fixed 127.0.0.1 ports.
+fresh process per cell, and answers on the 127.0.0.1 ports of procs.PORTS (`--base-port`).
 """
 
 from __future__ import annotations
@@ -18,15 +18,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.backend import SINK_PORTS, TENANT
+from bench.backend import TENANT
 from bench.payload import HTTP_PATH
-from bench.procs import CONTENDER_CORE, ROOT, Procs, http_get, http_post, pinned
+from bench.procs import CONTENDER_CORE, PORTS, ROOT, Procs, http_get, http_post, pinned
 from bench.records import LogSummary, Variant
 
-GATEWAY_PORT = 4610
-GATEWAY_ADMIN_PORT = 4611  # gateways that have an admin listener (/metrics, status page)
-ROTEL_GRPC_PORT, ROTEL_HTTP_PORT = 4620, 4621
-PORTS = (*SINK_PORTS, GATEWAY_PORT, GATEWAY_ADMIN_PORT, ROTEL_GRPC_PORT, ROTEL_HTTP_PORT)
 API_KEY = "otlpgw_bench-only-key-not-a-secret-0123456789abcdef"
 
 
@@ -53,7 +49,7 @@ class Contender:
 
 
 def sink_ports(variant: Variant) -> tuple[int, ...]:
-    return SINK_PORTS if variant == "fanout" else SINK_PORTS[:1]
+    return PORTS.sinks if variant == "fanout" else PORTS.sinks[:1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -64,7 +60,7 @@ def gateway_config(
     server: str, variant: Variant, workdir: Path, admin: bool = False
 ) -> dict[str, object]:
     """The gateway's YAML config (as a dict): `single` one backend, `fanout` two, `durable` one
-    with `queue.durable`; `admin`: its admin listener on GATEWAY_ADMIN_PORT."""
+    with `queue.durable`; `admin`: its admin listener on PORTS.gateway_admin."""
     backends = {
         f"sink{i}": {
             "protocol": "http/protobuf",
@@ -74,7 +70,7 @@ def gateway_config(
         for i, port in enumerate(sink_ports(variant))
     }
     config: dict[str, object] = {
-        "listen": [f"127.0.0.1:{GATEWAY_PORT}"],
+        "listen": [f"127.0.0.1:{PORTS.gateway}"],
         "server": server,
         "backends": backends,
         "service_backends": list(backends),
@@ -85,7 +81,7 @@ def gateway_config(
     if variant == "durable":
         config["queue"] = {"durable": True, "directory": str(workdir / "queue")}
     if admin:  # kept on (as it is by default), on a port of ours
-        config["admin"] = {"listen": f"127.0.0.1:{GATEWAY_ADMIN_PORT}"}
+        config["admin"] = {"listen": f"127.0.0.1:{PORTS.gateway_admin}"}
     return config
 
 
@@ -120,7 +116,7 @@ def start_gateway(
     procs: Procs, workdir: Path, server: str, variant: Variant, tree: Path, admin: bool
 ) -> Contender:
     """`python -m gateway serve` from `tree` (a directory holding the gateway package); `admin`:
-    put its admin listener on GATEWAY_ADMIN_PORT."""
+    put its admin listener on PORTS.gateway_admin."""
     import yaml
 
     config_path = workdir / "gateway.yaml"
@@ -148,9 +144,10 @@ def start_gateway(
             env={**os.environ, "PYTHONPATH": str(tree)},
         )
     ports = sink_ports(variant)
-    c = Contender(f"gateway-{server}", proc, GATEWAY_PORT, GATEWAY_PORT, log_path, ports)
+    port = PORTS.gateway
+    c = Contender(f"gateway-{server}", proc, port, port, log_path, ports)
     # serving = an empty export without a key gets 401 (a bound port alone does not say so)
-    wait_answers(c, GATEWAY_PORT, (401,))
+    wait_answers(c, port, (401,))
     return c
 
 
@@ -168,7 +165,7 @@ def gateway_spans(admin: bool) -> GatewayCounts | None:
     grpc-status 8) as a success, so over gRPC only these say what was acknowledged."""
     if not admin:
         return None
-    text = http_get(GATEWAY_ADMIN_PORT, "/metrics").decode()
+    text = http_get(PORTS.gateway_admin, "/metrics").decode()
     out = {"accepted": 0.0, "refused": 0.0}
     for line in text.splitlines():
         for kind in out:
@@ -194,14 +191,15 @@ def start_rotel(procs: Procs, workdir: Path, variant: Variant) -> Contender:
     (durable) and refuses a second traces exporter ("Only one exporter supported for
     ROTEL_EXPORTERS_TRACES"), so no fan-out either."""
     assert variant == "single", variant
-    ports = SINK_PORTS[:1]
+    ports = PORTS.sinks[:1]
+    grpc_port, http_port = PORTS.rotel
     args = [
         rotel_agent(),
         "start",
         "--otlp-grpc-endpoint",
-        f"127.0.0.1:{ROTEL_GRPC_PORT}",
+        f"127.0.0.1:{grpc_port}",
         "--otlp-http-endpoint",
-        f"127.0.0.1:{ROTEL_HTTP_PORT}",
+        f"127.0.0.1:{http_port}",
         "--otel-resource-attributes",
         f"tenant.id={TENANT}",
     ]
@@ -218,8 +216,8 @@ def start_rotel(procs: Procs, workdir: Path, variant: Variant) -> Contender:
     log_path = workdir / f"rotel-{variant}.log"
     with open(log_path, "wb") as log:
         proc = procs.start(pinned(CONTENDER_CORE, args), stdout=log, stderr=subprocess.STDOUT)
-    c = Contender("rotel", proc, ROTEL_HTTP_PORT, ROTEL_GRPC_PORT, log_path, ports)
-    wait_answers(c, ROTEL_HTTP_PORT, (200,))
+    c = Contender("rotel", proc, http_port, grpc_port, log_path, ports)
+    wait_answers(c, http_port, (200,))
     return c
 
 

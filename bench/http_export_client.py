@@ -9,7 +9,7 @@ gateway/delivery/exporters/http.py uses it. Prints one JSON line per run and a m
 
   uv run --frozen python bench/http_export_client.py --requests 4000 --repeat 3
 
-Port 4620 on 127.0.0.1; the sink is stopped by PID.
+Port 4620 on 127.0.0.1 (`--port`); the sink is stopped by PID.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ CLIENTS = ("httpx", "httpx-over-pyqwest", "pyqwest")
 PORT = 4620
 
 
-async def _measure(client: str, requests: int, concurrency: int) -> dict[str, object]:
+async def _measure(client: str, requests: int, concurrency: int, port: int) -> dict[str, object]:
     import httpx
     import pyqwest
     from pyqwest.httpx import AsyncPyqwestTransport
@@ -38,7 +38,7 @@ async def _measure(client: str, requests: int, concurrency: int) -> dict[str, ob
     from bench.payload import build_request
     from gateway.otlp import gz
 
-    url = f"http://127.0.0.1:{PORT}/v1/traces"
+    url = f"http://127.0.0.1:{port}/v1/traces"
     body = gz.gzip_compress(build_request(), 1)
     headers = {"content-type": "application/x-protobuf", "content-encoding": "gzip"}
 
@@ -91,17 +91,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=4000)
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--port", type=int, default=PORT, help="the sink's (default %(default)s)")
     p.add_argument("--one", choices=CLIENTS, help=argparse.SUPPRESS)  # the measuring child
     args = p.parse_args(argv)
     if args.one:
-        print(json.dumps(asyncio.run(_measure(args.one, args.requests, args.concurrency))))
+        print(
+            json.dumps(asyncio.run(_measure(args.one, args.requests, args.concurrency, args.port)))
+        )
         sys.stdout.flush()
         # pyqwest's runtime threads can crash the interpreter's finalization in a process that
         # exits right after its last request (SIGABRT/SIGBUS in 2 of 6 runs here); the result is out
         os._exit(0)
     here = Path(__file__).resolve()
     sink = subprocess.Popen(
-        ["taskset", "-c", "1", sys.executable, str(here.parent / "sink.py"), "--ports", str(PORT)],
+        [
+            "taskset",
+            "-c",
+            "1",
+            sys.executable,
+            str(here.parent / "sink.py"),
+            "--ports",
+            str(args.port),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
     )
@@ -111,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.repeat):
             for client in CLIENTS:
                 sizes = ["--requests", str(args.requests), "--concurrency", str(args.concurrency)]
+                sizes += ["--port", str(args.port)]
                 child = subprocess.run(
                     ["taskset", "-c", "0", sys.executable, str(here), "--one", client, *sizes],
                     capture_output=True,

@@ -133,6 +133,41 @@ def proc_status_mib(pid: int, key: str) -> float:
     return float("nan")
 
 
+class Ports:
+    """The 127.0.0.1 ports of a run, laid out from `base` (default 4600, ports 4600-4621);
+    `--base-port` moves them all, e.g. to a block the tests found free. One layout per process:
+    PORTS, set before anything starts."""
+
+    SPAN = 22  # base .. base + 21
+
+    def __init__(self, base: int = 4600) -> None:
+        self.base = base
+
+    @property
+    def sinks(self) -> tuple[int, int]:
+        return self.base, self.base + 1
+
+    @property
+    def gateway(self) -> int:
+        return self.base + 10
+
+    @property
+    def gateway_admin(self) -> int:
+        """The admin listener of the gateway (of its first worker; worker i: + i)."""
+        return self.base + 11
+
+    @property
+    def rotel(self) -> tuple[int, int]:
+        """gRPC, HTTP."""
+        return self.base + 20, self.base + 21
+
+    def all(self) -> tuple[int, ...]:
+        return (*self.sinks, self.gateway, self.gateway_admin, *self.rotel)
+
+
+PORTS = Ports()
+
+
 def port_free(port: int) -> bool:
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

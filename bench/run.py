@@ -42,9 +42,10 @@ measures every cell at each size (1 span: 585 bytes, 16: 7,765) and prints a tab
       --grpc-clients 16 --grpc-streams 4                 # the request sizes of the issue "Lean"
   uv run --frozen python bench/run.py --profile ...      # py-spy on the gateway (see --help)
 
-Needs wrk and h2load: `apt-get install -y wrk nghttp2-client`. Uses 127.0.0.1 ports 4600-4699
-only. Every process it starts is stopped by PID at the end, also on errors and Ctrl-C. Writes
-bench/results/<UTC time>.json (and .md with the table); --results-dir changes where.
+Needs wrk and h2load: `apt-get install -y wrk nghttp2-client`. Uses 127.0.0.1 ports 4600-4621
+only (`--base-port` moves them). Every process it starts is stopped by PID at the end, also on
+errors and Ctrl-C. Writes bench/results/<UTC time>.json (and .md with the table); --results-dir
+changes where.
 
 This file is the command line and the loop over cells; the rest is in bench/: payload.py (the
 request), procs.py (processes, CPU accounting), backend.py (the sink process), contenders.py
@@ -72,12 +73,20 @@ from typing import TypeVar
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # `python bench/run.py`: the bench.* modules next to this file
 
-from bench.backend import SINK_PORTS, SinkProc  # noqa: E402
+from bench.backend import SinkProc  # noqa: E402
 from bench.cell import Rig, Settings, measure_cell  # noqa: E402
-from bench.contenders import PORTS, export_gateway, gateway_has_admin  # noqa: E402
+from bench.contenders import export_gateway, gateway_has_admin  # noqa: E402
 from bench.loadgen import H2LOAD_CLIENTS, H2LOAD_STREAMS, WRK_CONNECTIONS  # noqa: E402
 from bench.payload import ATTRIBUTES_PER_SPAN, SPANS_PER_REQUEST, Payload  # noqa: E402
-from bench.procs import BENCH, INSTALL_HINT, LOAD_CORE, Procs, missing_tools, port_free  # noqa: E402
+from bench.procs import (  # noqa: E402
+    BENCH,
+    INSTALL_HINT,
+    LOAD_CORE,
+    PORTS,
+    Procs,
+    missing_tools,
+    port_free,
+)
 from bench.profiling import print_profile  # noqa: E402
 from bench.records import (  # noqa: E402
     CONTENDERS,
@@ -120,6 +129,7 @@ class Options:
     wait_idle: float
     retries: int
     gateway_rev: str | None
+    base_port: int
 
     @property
     def repeats(self) -> int:
@@ -221,6 +231,13 @@ def parse_args(argv: list[str] | None) -> Options:
         help="benchmark the gateway package of this git revision (e.g. HEAD: the committed code, "
         "whatever the work tree holds) instead of the work tree's",
     )
+    p.add_argument(
+        "--base-port",
+        type=int,
+        default=PORTS.base,
+        help=f"the 127.0.0.1 ports used: this one and the {PORTS.SPAN - 1} above it "
+        "(default %(default)s)",
+    )
     args = p.parse_args(argv)
     for name in ("connections", "grpc_clients", "grpc_streams"):
         if getattr(args, name) < 1:
@@ -245,6 +262,7 @@ def parse_args(argv: list[str] | None) -> Options:
         wait_idle=args.wait_idle,
         retries=args.retries,
         gateway_rev=args.gateway_rev,
+        base_port=args.base_port,
     )
 
 
@@ -255,7 +273,7 @@ def preflight() -> str | None:
         return f"bench/run.py: missing {', '.join(missing)}; install with: {INSTALL_HINT}"
     if (os.cpu_count() or 1) < 2:
         return "bench/run.py: needs 2 cores (contender on core 0, load on core 1)"
-    busy = [port for port in PORTS if not port_free(port)]
+    busy = [port for port in PORTS.all() if not port_free(port)]
     if busy:
         return f"bench/run.py: ports in use: {busy}"
     return None
@@ -331,7 +349,7 @@ def measure_all(
         grpc_clients=opts.grpc_clients,
         grpc_streams=opts.grpc_streams,
     )
-    sink = SinkProc(procs, workdir, SINK_PORTS)
+    sink = SinkProc(procs, workdir, PORTS.sinks)
     rig = Rig(procs, sink, payloads, workdir, settings)
     runs = []
     try:
@@ -358,6 +376,7 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
+    PORTS.base = opts.base_port
     problem = preflight()
     if problem is not None:
         print(problem, file=sys.stderr)

@@ -11,7 +11,8 @@ gateway CPU-second says whether a second process costs per span what the first d
 
   uv run --frozen python bench/scale.py --duration 10 --repeat 3
 
-Ports 4600 (sink), 4610-4613 (gateway and admin); 127.0.0.1 only; every process stopped by PID.
+Ports 4600 (sink), 4610-4612 (gateway and admin; `--base-port` moves them); 127.0.0.1 only;
+every process stopped by PID.
 """
 
 from __future__ import annotations
@@ -28,10 +29,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.backend import SINK_PORTS, SinkProc, wait_drained
+from bench.backend import SinkProc, wait_drained
 from bench.contenders import (
-    GATEWAY_ADMIN_PORT,
-    GATEWAY_PORT,
     Contender,
     gateway_config,
     wait_answers,
@@ -41,6 +40,7 @@ from bench.payload import Payload
 from bench.procs import (
     BENCH,
     INSTALL_HINT,
+    PORTS,
     ROOT,
     Procs,
     missing_tools,
@@ -65,7 +65,7 @@ def start(procs: Procs, workdir: Path, workers: int) -> tuple[Contender, list[in
 
     config = gateway_config("uvicorn", "single", workdir)
     config["workers"] = workers
-    config["admin"] = {"listen": f"127.0.0.1:{GATEWAY_ADMIN_PORT}"}  # worker i: port + i
+    config["admin"] = {"listen": f"127.0.0.1:{PORTS.gateway_admin}"}  # worker i: port + i
     path = workdir / f"scale-{workers}.yaml"
     path.write_text(yaml.safe_dump(config))
     cores = "0" if workers == 1 else "0,1"
@@ -77,8 +77,9 @@ def start(procs: Procs, workdir: Path, workers: int) -> tuple[Contender, list[in
             stderr=log,
             cwd=ROOT,
         )
-    c = Contender(f"workers-{workers}", proc, GATEWAY_PORT, GATEWAY_PORT, workdir, SINK_PORTS[:1])
-    wait_answers(c, GATEWAY_PORT, (401,))
+    port = PORTS.gateway
+    c = Contender(f"workers-{workers}", proc, port, port, workdir, PORTS.sinks[:1])
+    wait_answers(c, port, (401,))
     deadline = time.monotonic() + 30
     while len(children(proc.pid)) < workers and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -91,11 +92,11 @@ def start(procs: Procs, workdir: Path, workers: int) -> tuple[Contender, list[in
 def load(procs: Procs, transport: str, payload: Payload, workdir: Path, duration: float) -> Load:
     if transport == "http":
         return run_wrk(
-            procs, GATEWAY_PORT, payload.http_file, connections=32, threads=1, duration=duration
+            procs, PORTS.gateway, payload.http_file, connections=32, threads=1, duration=duration
         )
     return run_h2load(
         procs,
-        GATEWAY_PORT,
+        PORTS.gateway,
         "grpc",
         payload.grpc_file,
         workdir / "h2load-scale.log",
@@ -149,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--transports", default=",".join(TRANSPORTS))
     p.add_argument("--results-dir", default=str(BENCH / "results"))
+    p.add_argument("--base-port", type=int, default=PORTS.base, help="first of the ports used")
     args = p.parse_args(argv)
+    PORTS.base = args.base_port
     missing = missing_tools()
     if missing:
         print(f"bench/scale.py: missing {', '.join(missing)}; {INSTALL_HINT}", file=sys.stderr)
@@ -160,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         payload = Payload.write(workdir)
         try:
-            sink = SinkProc(procs, workdir, SINK_PORTS[:1])
+            sink = SinkProc(procs, workdir, PORTS.sinks[:1])
             for i in range(args.repeat):
                 for transport in args.transports.split(","):
                     for workers in (1, 2):

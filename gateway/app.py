@@ -30,6 +30,7 @@ from gateway.ingress.guard import RefuseEarly
 from gateway.ingress.http import OTLPHTTPEndpoint
 from gateway.ingress.intake import Intake
 from gateway.ingress.limits import InFlight
+from gateway.ingress.notfound import NotFound
 from gateway.otlp import offload
 from gateway.otlp.signals import SIGNALS
 from gateway.otlp.validate import Validation
@@ -174,7 +175,12 @@ def create_app(config: GatewayConfig, runtime: Runtime) -> GatewayApp:
             offload.shutdown()
             unbind_metrics()
 
-    main = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    main = Starlette(
+        routes=routes,
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers={404: NotFound().handle},  # a wrong path: what the right ones are
+    )
     api = AdminAPI(lambda: reloader.config, intake, pipeline, tail, recent)
     admin = admin_app(api, readiness)
     port = admin_port(config, runtime.worker)

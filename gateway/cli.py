@@ -1,16 +1,22 @@
-"""`otlp-gateway serve | check | keys`."""
+"""`otlp-gateway serve | check | keys | status | tail`."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
+import shlex
+import shutil
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from gateway import config as config_mod
 from gateway.admin import console as console_mod
 from gateway.config import ConfigError, GatewayConfig, LoadedConfig, Runtime
+from gateway.config.model import address_problem
+from gateway.errors import CannotListen
 from gateway.telemetry import logs
 from gateway.tenancy import keys
 
@@ -28,6 +34,48 @@ or over gRPC:
 
 DEV_KEY_FILE = "dev-api-key"
 ADMIN_KEY_FILE = console_mod.ADMIN_KEY_FILE
+DEFAULT_DATA_DIR = "./otlp-data"
+PROG = "otlp-gateway"
+# How a clone runs the command (README, "Two commands"): the locked environment, without the
+# development group, which the command does not need (and never removes when it is there).
+UV_RUN = "uv run --frozen --no-dev"
+
+# What to do when a listener's address cannot be bound, by the listener's role.
+LISTEN_HINTS = {
+    "OTLP": "pass --listen HOST:PORT or set listen",
+    "admin": "pass --admin HOST:PORT or set admin.listen",
+}
+
+
+def command_prefix(
+    environ: Mapping[str, str] | None = None,
+    prefix: str | None = None,
+    cwd: Path | None = None,
+) -> str:
+    """How the user's shell runs this command, for the commands the banner prints: `otlp-gateway`
+    when it is on the user's PATH (a pip install, the container image); `uv run --frozen
+    otlp-gateway` (UV_RUN) in a uv project's environment that only `uv run` puts on PATH; else
+    this interpreter with `-m gateway`."""
+    environ = os.environ if environ is None else environ
+    venv = Path(sys.prefix if prefix is None else prefix)
+    project = venv.parent
+    # `uv run` sets $UV and puts the project environment's bin/ first on PATH: that entry is
+    # uv's, not the user's shell's, so it does not count.
+    under_uv = bool(environ.get("UV")) and (project / "pyproject.toml").is_file()
+    path = environ.get("PATH", "")
+    if under_uv:
+        own = os.path.realpath(venv / "bin")
+        path = os.pathsep.join(
+            p for p in path.split(os.pathsep) if p and os.path.realpath(p) != own
+        )
+    if shutil.which(PROG, path=path) is not None:
+        return PROG
+    if not under_uv:
+        return f"{shlex.quote(sys.executable)} -m gateway"
+    here = (Path.cwd() if cwd is None else cwd).resolve()
+    if here.is_relative_to(project.resolve()):
+        return f"{UV_RUN} {PROG}"
+    return f"{UV_RUN} --project {shlex.quote(str(project))} {PROG}"
 
 
 def _url(config: GatewayConfig, address: str) -> str:
@@ -38,7 +86,15 @@ def _url(config: GatewayConfig, address: str) -> str:
     return f"{scheme}://{host}:{port}"
 
 
-def banner(config: GatewayConfig, dev_key: str | None = None) -> str:
+def banner(
+    config: GatewayConfig,
+    dev_key: str | None = None,
+    *,
+    command: str = PROG,
+    data_dir: str = DEFAULT_DATA_DIR,
+) -> str:
+    """What `serve` prints once it listens; with the embedded default (`dev_key`), also the
+    commands that read its admin API, as `command` runs them from here."""
     from gateway import __version__
 
     grpc_addr = next((a for a in config.listen if a.endswith(":4317")), config.listen[0])
@@ -63,9 +119,15 @@ def banner(config: GatewayConfig, dev_key: str | None = None) -> str:
         admin = _url(config, config.admin.listen).replace("https://", "http://")
         text += f"\nStatus page and admin API: {admin}/  (metrics: {admin}/metrics)\n"
         if dev_key is not None:
+            where = ""  # what the commands need to find this gateway, past their defaults
+            if admin != console_mod.DEFAULT_ADMIN_URL:
+                where += f" --admin {admin}"
+            if data_dir != DEFAULT_DATA_DIR:
+                where += f" --data-dir {shlex.quote(data_dir)}"
             text += (
-                f"  admin key in the data directory's {ADMIN_KEY_FILE}; in a terminal: "
-                "otlp-gateway status, otlp-gateway tail --tenant dev\n"
+                f"  admin key in the data directory's {ADMIN_KEY_FILE}; in a terminal:\n"
+                f"  {command} status{where}\n"
+                f"  {command} tail --tenant {config_mod.DEV_TENANT}{where}\n"
             )
     return text
 
@@ -116,8 +178,6 @@ def _with_tls_flags(
     """`serve --tls-cert/--tls-key` set or override the config's `tls` (a --tls-cert without
     --tls-key: the key is in the certificate's PEM). Also returns the fields the flags set: a
     reload of the file keeps them."""
-    import dataclasses
-
     cert, key = getattr(args, "tls_cert", None), getattr(args, "tls_key", None)
     if cert is None and key is None:
         return config, ()
@@ -131,7 +191,68 @@ def _with_tls_flags(
     return dataclasses.replace(config, tls=config_mod.ServerTLS(cert=cert, key=key)), ("tls",)
 
 
+def _with_address_flags(
+    config: LoadedConfig, args: argparse.Namespace
+) -> tuple[LoadedConfig, tuple[str, ...]]:
+    """`serve --listen` (repeatable) and `--admin HOST:PORT|off` replace the config's `listen`
+    and `admin.listen`, checked as the config's are. A reload keeps --listen (as it keeps
+    --tls-cert); admin.listen is only read at start."""
+    listen: list[str] = getattr(args, "listen", None) or []
+    admin_flag: str | None = getattr(args, "admin", None)
+    if not listen and admin_flag is None:
+        return config, ()
+    for address in listen:
+        problem = address_problem(address)
+        if problem is not None:
+            raise ConfigError(f"--listen: {problem}")
+        if listen.count(address) > 1:
+            raise ConfigError(f"--listen: {address} is given twice")
+    admin = config.admin.listen
+    if admin_flag is not None:
+        admin = None if admin_flag == "off" else admin_flag
+        problem = None if admin is None else address_problem(admin)
+        if problem is not None:
+            raise ConfigError(f"--admin: {problem} or off")
+    addresses = tuple(listen) or config.listen
+    port = None if admin is None else admin.rpartition(":")[2]
+    if any(a.rpartition(":")[2] == port for a in addresses):
+        if admin_flag is not None:
+            raise ConfigError(
+                f"--admin: port {port} is also an OTLP listener; give the admin its own"
+            )
+        raise ConfigError(
+            f"--listen: port {port} is the admin listener's ({admin}); pick another, or move the "
+            "admin listener with --admin HOST:PORT (or --admin off)"
+        )
+    moved = dataclasses.replace(
+        config, listen=addresses, admin=dataclasses.replace(config.admin, listen=admin)
+    )
+    return moved, ("listen",) if listen else ()
+
+
+def _no_admin_key(data_dir: str) -> str:
+    return (
+        "no admin key: pass --key KEY (the key set as admin.api_key), set "
+        "$OTLP_GATEWAY_ADMIN_KEY, or pass --data-dir DIR, the data directory of a gateway "
+        f"started without --config (it keeps its key in DIR/{ADMIN_KEY_FILE}; "
+        f"{shlex.quote(data_dir)} has none)"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # a reader that went away shows here, not at the interpreter's exit
+    except BrokenPipeError:
+        # `otlp-gateway status | head -1`: stop quietly. stdout goes to devnull, so the flush at
+        # exit does not fail the same way (CPython's docs, signal module: "Note on SIGPIPE").
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     from gateway import __version__
 
     parser = argparse.ArgumentParser(prog="otlp-gateway", description="OTLP ingestion gateway")
@@ -141,8 +262,22 @@ def main(argv: list[str] | None = None) -> int:
     serve_p.add_argument("--config", "-c", help="YAML config file (default: embedded default)")
     serve_p.add_argument(
         "--data-dir",
-        default="./otlp-data",
-        help="where the embedded default's file backend writes (ignored with --config)",
+        default=DEFAULT_DATA_DIR,
+        help="where the embedded default's file backend writes and its keys are kept (ignored "
+        "with --config)",
+    )
+    serve_p.add_argument(
+        "--listen",
+        action="append",
+        metavar="HOST:PORT",
+        help="an OTLP listener (every transport); repeat for more. Replaces the config's listen "
+        "(default: the config's, or 127.0.0.1:4317 and 127.0.0.1:4318)",
+    )
+    serve_p.add_argument(
+        "--admin",
+        metavar="HOST:PORT|off",
+        help="the admin listener (metrics, probes, status page, admin API), or off for none. "
+        f"Replaces the config's admin.listen (default {config_mod.DEFAULT_ADMIN_LISTEN})",
     )
     serve_p.add_argument(
         "--log-level",
@@ -186,7 +321,12 @@ def main(argv: list[str] | None = None) -> int:
             help="admin key (default $OTLP_GATEWAY_ADMIN_KEY, or the embedded default's key "
             "in --data-dir)",
         )
-        p.add_argument("--data-dir", default="./otlp-data")
+        p.add_argument(
+            "--data-dir",
+            default=DEFAULT_DATA_DIR,
+            help="the data directory of a gateway started without --config, whose admin key "
+            f"is read from it (default {DEFAULT_DATA_DIR})",
+        )
         if name == "tail":
             p.add_argument("--tenant", required=True)
             p.add_argument("--service", default="", help="only spans of this service.name")
@@ -197,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
         return _keys_new(args.tenant) if args.keys_command == "new" else _keys_hash()
     if args.command in ("status", "tail"):
         key = console_mod.admin_key(args.key, args.data_dir)
+        if key is None:
+            print(f"otlp-gateway: {_no_admin_key(args.data_dir)}", file=sys.stderr)
+            return 2
         if args.command == "status":
             return console_mod.status(args.admin, key)
         return console_mod.tail(args.admin, key, args.tenant, args.service, limit=args.limit)
@@ -211,7 +354,9 @@ def main(argv: list[str] | None = None) -> int:
             config = config_mod.embedded_default(
                 args.data_dir, keys.digest(dev_key), keys.config_entry(admin_key)
             )
-        config, pinned = _with_tls_flags(config, args)
+        config, tls_pinned = _with_tls_flags(config, args)
+        config, address_pinned = _with_address_flags(config, args)
+        pinned = tls_pinned + address_pinned
         if config.tls is not None:
             from gateway.server.run import tls_context_ok
 
@@ -237,17 +382,30 @@ def main(argv: list[str] | None = None) -> int:
     level = args.log_level or config.log.level
     log_format = args.log_format or config.log.format
     logs.setup(level, log_format)
-    if log_format == "json":  # every line a JSON object, the banner too
-        logging.getLogger("otlp_gateway").info(banner(config, dev_key).rstrip())
-    else:
-        print(banner(config, dev_key), flush=True)
+    text = banner(config, dev_key, command=command_prefix(), data_dir=args.data_dir)
+
+    def say_listening() -> None:  # once every listener is bound: the banner says so
+        if log_format == "json":  # every line a JSON object, the banner too
+            logging.getLogger("otlp_gateway").info(text.rstrip())
+        else:
+            print(text, flush=True)
+
     from gateway.app import create_app
     from gateway.server.run import serve
 
     try:
-        serve(config, create_app, Runtime(config.origin, pinned), log_level=level)
-    except OSError as exc:
-        print(f"otlp-gateway: cannot listen: {exc}", file=sys.stderr)
+        serve(
+            config,
+            create_app,
+            Runtime(config.origin, pinned),
+            log_level=level,
+            listening=say_listening,
+        )
+    except CannotListen as exc:
+        hint = LISTEN_HINTS[exc.role]
+        if exc.role == "admin" and config.workers > 1:
+            hint += " (worker i's admin listener is on its port + i)"
+        print(f"otlp-gateway: {exc}; {hint}", file=sys.stderr)
         return 1
     # Everything acknowledged is delivered or on disk by now. Leave without the interpreter's
     # finalization, as worker processes do: the export client's native threads can abort it

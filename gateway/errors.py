@@ -91,3 +91,14 @@ def too_large_message(what: str, cap: int) -> str:
         f"{what} is larger than the limit of {cap} bytes; send smaller batches "
         f"(for example lower the SDK's max export batch size)"
     )
+
+
+class CannotListen(Exception):
+    """A listener's address cannot be bound (in use, not an address of this host, a privileged
+    port). Not a client's error: the process cannot start serving; the command says what to do."""
+
+    def __init__(self, address: str, role: str, reason: str) -> None:
+        super().__init__(f"cannot listen on {address} ({role}): {reason}")
+        self.address = address
+        self.role = role  # "OTLP" or "admin"
+        self.reason = reason

@@ -3,6 +3,7 @@ file, the line and the dotted key; the `check` command."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -16,9 +17,12 @@ from gateway.config import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_REQUEST_BYTES,
     ConfigError,
+    embedded_default,
     load,
     parse,
 )
+from gateway.config.parse import _check_routes as check_routes
+from gateway.tenancy import keys
 from tests.support.peers import ROOT
 
 pytestmark = pytest.mark.timeout(60)
@@ -645,6 +649,102 @@ def test_check_missing_file(tmp_path: Path) -> None:
     result = _check(tmp_path / "nope.yaml")
     assert result.returncode == 2
     assert "nope.yaml" in result.stderr and "cannot read" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Where the data goes: a file that sends it nowhere is refused, a backend nothing uses is a warning
+
+
+NO_ROUTE = "a config that routes nowhere would acknowledge every request and drop it"
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("listen: ['127.0.0.1:4317']\n", "no backend is defined"),
+        ("backends: {}\ntenants: {t: {}}\n", "no backend is defined"),
+        (
+            "backends:\n  a: {protocol: file, path: ./a}\n  b: {protocol: file, path: ./b}\n",
+            "nothing routes to a backend",
+        ),
+        (  # tenants without backends of their own, and no service_backends
+            "backends: {a: {protocol: file, path: ./a}}\ntenants: {t: {}}\n",
+            "nothing routes to a backend",
+        ),
+    ],
+)
+def test_check_refuses_a_config_that_routes_nowhere(
+    tmp_path: Path, text: str, problem: str
+) -> None:
+    path = tmp_path / "gw.yaml"
+    path.write_text(text)
+    result = _check(path)
+    assert result.returncode == 2, NO_ROUTE
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"otlp-gateway: {path}: {problem}"), lines[0]
+    assert "acknowledged and dropped" in lines[0]
+    assert "`backends:`" in lines[0] and "service_backends" in lines[0]
+    with pytest.raises(ConfigError, match=problem):
+        load(path, env={})
+    parse(text, env={})  # the document itself reads; only a config to serve is refused
+
+
+def test_check_warns_about_a_backend_nothing_routes_to(tmp_path: Path) -> None:
+    path = tmp_path / "gw.yaml"
+    text = _yaml(
+        """
+        backends:
+          central: {protocol: grpc, endpoint: "http://lgtm:4317"}
+          forgotten: {protocol: file, path: ./otlp-data}
+        service_backends: [central]
+        """
+    )
+    path.write_text(text)
+    result = _check(path)
+    assert result.returncode == 0, result.stderr
+    assert f"{path}: ok (2 backends" in result.stdout
+    assert result.stderr == (
+        f"config warning: {path}:3: backends.forgotten: nothing routes to this backend, so it "
+        "receives no data; name it in service_backends or in a tenant's backends or "
+        "signal_backends, or remove it\n"
+    )
+
+
+def test_a_backend_routed_by_a_tenant_only_is_used(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    text = _yaml(
+        """
+        backends:
+          own: {protocol: file, path: ./own}
+          logs: {protocol: file, path: ./logs}
+          spare: {protocol: file, path: ./spare}
+        tenants:
+          acme: {backends: [own], signal_backends: {logs: [logs]}}
+          globex: {}
+        """
+    )
+    config = parse(text, "gw.yaml", env={})
+    assert config.warnings == (
+        "gw.yaml:4: backends.spare: nothing routes to this backend, so it receives no data; "
+        "name it in service_backends or in a tenant's backends or signal_backends, or remove it",
+    )
+    path = tmp_path / "gw.yaml"
+    path.write_text(text)
+    with caplog.at_level(logging.WARNING, "otlp_gateway.config"):
+        loaded = load(path, env={})
+    assert loaded.warnings == (config.warnings[0].replace("gw.yaml", str(path)),)
+    assert [r.getMessage() for r in caplog.records] == [f"config warning: {loaded.warnings[0]}"]
+    assert parse(EXAMPLE, env={"CENTRAL_TOKEN": "x"}).warnings == ()
+
+
+def test_the_embedded_default_routes_to_its_file_backend(tmp_path: Path) -> None:
+    config = embedded_default(str(tmp_path), keys.digest("k"), None)
+    assert config.service_backends == ("local-files",)
+    check_routes(config)  # what load() would refuse, it passes
+    check_routes(embedded_default(str(tmp_path)))  # open (no dev key), too
 
 
 # ---------------------------------------------------------------------------------------------

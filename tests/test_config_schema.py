@@ -38,6 +38,8 @@ from gateway.tenancy.tenants import TenantRegistry
 pytestmark = pytest.mark.timeout(10)
 
 MiB = 1024 * 1024
+# load() refuses a file that sends data nowhere
+ROUTED = "backends: {files: {protocol: file, path: ./otlp-data}}\nservice_backends: [files]\n"
 NOT_SCHEMAS = (Spec, SchemaField, ConfigSource, Runtime)
 
 
@@ -130,11 +132,11 @@ def test_a_durable_queue_defaults_to_the_durable_size() -> None:
 
 def test_where_it_came_from_is_not_configuration(tmp_path: Path) -> None:
     path = tmp_path / "gw.yaml"
-    path.write_text("workers: 2\n")
+    path.write_text(ROUTED + "workers: 2\n")
     loaded = load(path, env={})
     assert loaded.origin == ConfigSource(str(path), path=str(path))
     assert loaded.source == str(path)
-    assert parse("workers: 2\n", "other.yaml", env={}) == loaded  # same config, other origin
+    assert parse(ROUTED + "workers: 2\n", "other.yaml", env={}) == loaded  # other origin
     assert parse("", "x.yaml", env={}).origin == ConfigSource("x.yaml")
     assert embedded_default().origin == ConfigSource("<embedded default>")
     names = {f.name for f in fields(GatewayConfig)}
@@ -160,13 +162,15 @@ def _reloader(config: GatewayConfig, runtime: Runtime) -> Reloader:
 
 def test_a_reload_keeps_the_pinned_fields(tmp_path: Path) -> None:
     path = tmp_path / "gw.yaml"
-    path.write_text("shutdown_timeout: 1s\n")
+    path.write_text(ROUTED + "shutdown_timeout: 1s\n")
     loaded = load(path, env={})
     admin = AdminConfig(listen="127.0.0.1:9999")
     # as `serve --tls-cert` does with tls: set on the command line, pinned
     config = replace(loaded, admin=admin, shutdown_timeout=7.0)
     reloader = _reloader(config, Runtime(loaded.origin, pinned=("admin",), worker=1))
-    path.write_text("shutdown_timeout: 3s\nadmin: {listen: '127.0.0.1:9000'}\nvalidate: full\n")
+    path.write_text(
+        ROUTED + "shutdown_timeout: 3s\nadmin: {listen: '127.0.0.1:9000'}\nvalidate: full\n"
+    )
     assert reloader.reload("test")
     assert reloader.config.admin == admin  # pinned: kept
     assert reloader.config.shutdown_timeout == 3.0  # not pinned: the file's
@@ -177,3 +181,18 @@ def test_a_reload_keeps_the_pinned_fields(tmp_path: Path) -> None:
 def test_no_file_no_reload() -> None:
     reloader = _reloader(embedded_default(), Runtime(ConfigSource("<embedded default>")))
     assert not reloader.reload("SIGHUP")
+
+
+def test_a_reload_to_a_config_without_a_backend_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "gw.yaml"
+    path.write_text(ROUTED)
+    loaded = load(path, env={})
+    reloader = _reloader(loaded, Runtime(loaded.origin))
+    registry = reloader._intake.registry
+    path.write_text("shutdown_timeout: 3s\n")  # the backend removed
+    assert not reloader.reload("test")
+    assert (reloader.config, reloader.failures) == (loaded, 1)
+    assert reloader._intake.registry is registry  # the previous config keeps serving
+    path.write_text(ROUTED + "shutdown_timeout: 3s\n")
+    assert reloader.reload("test")
+    assert reloader.config.shutdown_timeout == 3.0

@@ -29,6 +29,7 @@ from hcl2.utils import SerializationOptions
 from gateway import config as config_mod
 from gateway.otlp.signals import SIGNALS
 from gateway.tenancy import keys
+from tests.support import cli
 from tests.support.cli import serve
 from tests.support.peers import ROOT, Sink, free_port, wait_until
 
@@ -270,9 +271,10 @@ def container_uid() -> int:
 
 def test_dockerfile_installs_from_the_lock_like_the_readme() -> None:
     readme = (ROOT / "README.md").read_text()
-    # The README's two steps: install uv with pip, then `uv run --frozen otlp-gateway serve`
-    # (which syncs the locked dependencies into .venv and runs the `otlp-gateway` script).
-    assert "python3 -m pip install uv && uv run --frozen otlp-gateway serve" in readme
+    # The README's two steps: install uv with pip, then `uv run --frozen --no-dev otlp-gateway
+    # serve` (which syncs the locked dependencies, the dev group left out, into .venv and runs the
+    # `otlp-gateway` script); the image's `uv sync --frozen --no-dev` installs the same.
+    assert "python3 -m pip install uv && uv run --frozen --no-dev otlp-gateway serve" in readme
     build, runtime = stages()
     base = stages()[0][0][1]
     assert base.endswith(" AS build")
@@ -297,8 +299,8 @@ def test_dockerfile_installs_from_the_lock_like_the_readme() -> None:
     assert env_of(runtime)["PATH"].startswith("/app/.venv/bin:")
     assert container_uid() >= 1000
 
-    # Start: the `otlp-gateway serve` that `uv run --frozen otlp-gateway serve` runs, with the
-    # config at the path the image's default config is copied to.
+    # Start: the `otlp-gateway serve` that `uv run --frozen --no-dev otlp-gateway serve` runs,
+    # with the config at the path the image's default config is copied to.
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     entry = exec_form(args_of(runtime, "ENTRYPOINT")[-1])
     cmd = exec_form(args_of(runtime, "CMD")[-1])
@@ -380,7 +382,7 @@ def test_image_install_and_entry_point(tmp_path: Path) -> None:
                     shutil.copy(src, app / source)
         elif instr == "RUN" and "uv sync" in args:
             command = re.sub(r"--mount=\S+\s*", "", args)
-            subprocess.run(["sh", "-c", command], cwd=app, env=env, check=True, timeout=600)
+            cli.run(["sh", "-c", command], cwd=app, env=env, timeout=600)
 
     venv = app / ".venv"
     site = next(venv.glob("lib/python3*/site-packages"))
@@ -975,13 +977,7 @@ def test_kustomize_builds(k8s: dict[tuple[str, str], dict[str, Any]]) -> None:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.skip("kubectl is not installed")
-    out = subprocess.run(
-        [kubectl, "kustomize", str(DEPLOY / "kubernetes")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    ).stdout
+    out = cli.run([kubectl, "kustomize", str(DEPLOY / "kubernetes")], timeout=120).stdout
     built = list(yaml.safe_load_all(out))
     assert {(d["kind"], d["metadata"]["name"]) for d in built} == set(k8s)
     for doc in built:

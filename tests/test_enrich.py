@@ -3,6 +3,7 @@ attributes with our keys removed; checked against a full decode + modify."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -23,9 +24,11 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric, NumberDataPoint
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
+from gateway.config import DEFAULT_TENANT, parse
 from gateway.otlp.signals import LOGS, METRICS, PROFILES, TRACES, Signal
 from gateway.otlp.wire import WireError, count_items
 from gateway.tenancy.enrich import TENANT_KEY, ResourceEnricher
+from gateway.tenancy.tenants import TenantRegistry
 from tests.support.encoding import ld, varint
 
 # ---------------------------------------------------------------------------------------------
@@ -285,6 +288,23 @@ def test_spoofed_tenant_id_is_replaced() -> None:
     assert attrs(res) == [("service.name", "svc"), ("host", "h"), *OURS]
     assert [kv.value.string_value for kv in res.attributes if kv.key == TENANT_KEY] == ["acme"]
     assert got.resource_spans[0].scope_spans[0].spans[0].name == "s"
+
+
+def test_open_mode_enriches_as_tenant_default() -> None:
+    """Without tenants every request is tenant `default`'s, and its resources say so: a client
+    cannot put another tenant's name downstream there either."""
+    config = parse("backends: {f: {protocol: file, path: ./x}}\nservice_backends: [f]\n", env={})
+    registry = TenantRegistry(config)
+    assert registry.open
+    tenant = registry.authenticate({}, TRACES)
+    assert tenant.name == DEFAULT_TENANT == "default"
+    req = ExportTraceServiceRequest()
+    rs = req.resource_spans.add()
+    rs.resource.attributes.add(key=TENANT_KEY).value.string_value = "acme"
+    rs.scope_spans.add().spans.add(name="s")
+    payload, items = asyncio.run(tenant.prepare(TRACES, req.SerializeToString(), 1))
+    got = ExportTraceServiceRequest.FromString(payload)
+    assert (attrs(got.resource_spans[0].resource), items) == ([(TENANT_KEY, "default")], 1)
 
 
 def test_spoof_in_last_key_of_a_key_value() -> None:

@@ -44,6 +44,11 @@ pytestmark = pytest.mark.timeout(120)
 ADMIN_KEY = "admin-" + uuid.uuid4().hex
 ACME, GLOBEX, INITECH = (keys.new_key() for _ in range(3))
 PROTOBUF = {"content-type": "application/x-protobuf"}
+# for tests that forward nothing: a config needs a backend data goes to (under the gateway's cwd)
+FILES: dict[str, Any] = {
+    "backends": {"files": {"protocol": "file", "path": "./otlp-data"}},
+    "service_backends": ["files"],
+}
 
 
 def tenant(key: str, **extra: Any) -> dict[str, Any]:
@@ -535,7 +540,7 @@ def test_admin_api_needs_the_admin_key(admin_gateway: tuple[Gateway, Sink]) -> N
 
 
 def test_admin_api_off_without_a_configured_key(tmp_path: Path) -> None:
-    with run_gateway(tmp_path, {"backends": {}, "service_backends": []}) as gw:
+    with run_gateway(tmp_path, FILES) as gw:
         with pytest.raises(ConnectError) as info:
             admin_call(gw, "list_backends", pb.ListBackendsRequest(), key="anything")
         assert info.value.code == Code.PERMISSION_DENIED
@@ -759,8 +764,7 @@ def test_red_metrics_from_spans(admin_gateway: tuple[Gateway, Sink]) -> None:
 
 def test_tail_ends_when_the_gateway_stops(tmp_path: Path) -> None:
     config = {
-        "backends": {},
-        "service_backends": [],
+        **FILES,
         "tenants": {"acme": tenant(ACME)},
         "admin": {"api_key": ADMIN_KEY},
     }
@@ -789,8 +793,7 @@ def test_tail_ends_when_the_gateway_stops(tmp_path: Path) -> None:
 
 def test_json_logs_one_line_per_refusal_and_no_keys_anywhere(tmp_path: Path) -> None:
     config = {
-        "backends": {},
-        "service_backends": [],
+        **FILES,
         "tenants": {"acme": tenant(ACME, signals=["traces"])},
         "admin": {"api_key": ADMIN_KEY},
         "log": {"format": "json"},
@@ -820,17 +823,17 @@ def test_json_logs_one_line_per_refusal_and_no_keys_anywhere(tmp_path: Path) -> 
 
 
 def test_embedded_default_serves_admin_with_its_own_key(tmp_path: Path) -> None:
-    """`otlp-gateway serve` with no config: the status page and admin API on 127.0.0.1:9464
-    with a key kept in the data directory; `otlp-gateway status` finds it there."""
-    admin_port = 9464
-    try:
-        with __import__("socket").create_connection(("127.0.0.1", admin_port), timeout=0.5):
-            pytest.skip("port 9464 is taken on this machine")  # the embedded default's port
-    except OSError:
-        pass
+    """`otlp-gateway serve` with no config: the status page and admin API with a key kept in the
+    data directory; `otlp-gateway status` finds it there. On free ports (--listen, --admin), not
+    the embedded default's own."""
+    admin_port = free_port()
     data = tmp_path / "data"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--data-dir", str(data)],
+        [
+            *(sys.executable, "-m", "gateway", "serve", "--data-dir", str(data)),
+            *("--listen", f"127.0.0.1:{free_port()}", "--listen", f"127.0.0.1:{free_port()}"),
+            *("--admin", f"127.0.0.1:{admin_port}"),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -843,7 +846,7 @@ def test_embedded_default_serves_admin_with_its_own_key(tmp_path: Path) -> None:
         page = httpx.get(url + "/")
         assert page.status_code == 200 and "otlp-gateway" in page.text
         status = subprocess.run(
-            [sys.executable, "-m", "gateway", "status", "--data-dir", str(data)],
+            [sys.executable, "-m", "gateway", "status", "--admin", url, "--data-dir", str(data)],
             capture_output=True,
             text=True,
             timeout=30,

@@ -5,22 +5,22 @@ that chose the default)."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
 from gateway.config import GatewayConfig
+from tests.support.cli import run
 from tests.support.peers import ROOT
 
 
 def test_sdk_grpc_exporter_50k_exports_no_failures() -> None:
     server = GatewayConfig().server
-    out = subprocess.run(
+    out = run(
         [
             sys.executable, str(ROOT / "bench" / "grpc_soak.py"),
             "--server", server, "--client", "sdk",
             "--requests", "50000", "--concurrency", "32", "--max-seconds", "240",
         ],
-        capture_output=True, text=True, timeout=300, check=True,
+        timeout=300,
     )  # fmt: skip
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["truncated"] is False, result

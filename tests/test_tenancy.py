@@ -1,5 +1,6 @@
-"""Tenancy's pure logic, in process and on a fake clock: quota buckets and key parsing. The same
-behaviour through a running gateway is tested in test_tenants.py."""
+"""Tenancy's pure logic, in process and on a fake clock: quota buckets, key parsing and the
+refusal a key's form gets. The same behaviour through a running gateway is tested in
+test_tenants.py."""
 
 from __future__ import annotations
 
@@ -7,8 +8,12 @@ import base64
 
 import pytest
 
+from gateway.config import parse
+from gateway.errors import Unauthenticated
+from gateway.otlp.signals import TRACES
 from gateway.tenancy import keys
 from gateway.tenancy.quota import Quota, TokenBucket
+from gateway.tenancy.tenants import MISSING_KEY, WRONG_KEY, TenantRegistry
 
 
 class FakeClock:
@@ -100,7 +105,14 @@ def basic(user: str, password: str) -> str:
         ({"x-api-key": " k2 "}, (None, "k2")),
         ({"authorization": "Bearer k1", "x-api-key": "k2"}, (None, "k1")),
         ({"authorization": "Bearer"}, (None, None)),
+        ({"authorization": "basic"}, (None, None)),
         ({"authorization": "Token k1"}, (None, None)),
+        ({"authorization": "Token k1", "x-api-key": "k2"}, (None, "k2")),
+        # a key without its scheme (OTEL_EXPORTER_OTLP_HEADERS=authorization=<key>)
+        ({"authorization": "k1"}, (None, "k1")),
+        ({"authorization": " k1 "}, (None, "k1")),
+        ({"authorization": "k1", "x-api-key": "k2"}, (None, "k1")),
+        ({"authorization": "", "x-api-key": "k2"}, (None, "k2")),
         ({}, (None, None)),
     ],
 )
@@ -108,6 +120,48 @@ def test_credentials_from_headers(
     headers: dict[str, str], expected: tuple[str | None, str | None]
 ) -> None:
     assert keys.credentials(headers) == expected
+
+
+@pytest.mark.parametrize(
+    ("authorization", "other"),
+    [
+        ("Token k1", True),
+        ("ApiKey  k1", True),
+        ("Bearer k1", False),
+        ("BASIC abc", False),
+        ("k1", False),  # a bare key: accepted as one
+        ("Bearer", False),
+        ("", False),
+    ],
+)
+def test_other_scheme(authorization: str, other: bool) -> None:
+    assert keys.other_scheme({"authorization": authorization}) is other
+
+
+def _registry(key: str) -> TenantRegistry:
+    config = parse(
+        f"backends: {{f: {{protocol: file, path: ./x}}}}\nservice_backends: [f]\n"
+        f"tenants: {{acme: {{api_keys: ['{keys.config_entry(key)}']}}}}\n",
+        env={},
+    )
+    return TenantRegistry(config)
+
+
+def test_a_bare_key_authenticates_and_another_scheme_gets_a_hint() -> None:
+    key = keys.new_key()
+    registry = _registry(key)
+    assert registry.authenticate({"authorization": key}, TRACES).name == "acme"
+    assert registry.authenticate({"authorization": f"Bearer {key}"}, TRACES).name == "acme"
+    with pytest.raises(Unauthenticated) as info:
+        registry.authenticate({"authorization": f"Token {key}"}, TRACES)
+    assert 'use "authorization: Bearer <key>"' in info.value.message
+    assert key not in info.value.message
+    with pytest.raises(Unauthenticated) as info:
+        registry.authenticate({"authorization": keys.new_key()}, TRACES)  # a bare wrong key
+    assert info.value.message == WRONG_KEY
+    with pytest.raises(Unauthenticated) as info:
+        registry.authenticate({}, TRACES)
+    assert info.value.message == MISSING_KEY
 
 
 def test_client_headers_env_is_percent_encoded() -> None:

@@ -18,6 +18,7 @@ import base64
 import contextlib
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -363,6 +364,7 @@ def test_key_header_forms(gw: Gateway, sinks: dict[str, Sink]) -> None:
         {"authorization": f"bearer   {key}"},
         {"x-api-key": key},
         basic("acme", key),
+        {"authorization": key},  # no scheme: OTEL_EXPORTER_OTLP_HEADERS=authorization=<key>
     ]
     for i, headers in enumerate(accepted):
         r = post(gw, "traces", simple_spans(f"{tag}", 1 + i), headers)
@@ -380,10 +382,20 @@ def test_key_header_forms(gw: Gateway, sinks: dict[str, Sink]) -> None:
         status = status_of(r)
         assert status.code == 16
         assert_no_secret(r.content, key, WRONG_KEY, KEYS["globex"])
-    # x-api-key over gRPC too
-    assert grpc_call(gw, TRACE_PATH, simple_spans(tag, 5), [("x-api-key", key)]) is None
+        hinted = 'use "authorization: Bearer <key>"' in status.message
+        assert hinted == headers["authorization"].startswith("Token "), status.message
+    # another scheme over gRPC: the same hint (from the HTTP/2 server's early refusal)
+    error = grpc_call(
+        gw, TRACE_PATH, simple_spans(new_tag(), 1), [("authorization", f"Token {key}")]
+    )
+    assert error is not None and error.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert 'use "authorization: Bearer <key>"' in error.details()
+    assert_no_secret(error.details(), key)
+    # x-api-key and a bare key over gRPC too
+    assert grpc_call(gw, TRACE_PATH, simple_spans(tag, 6), [("x-api-key", key)]) is None
+    assert grpc_call(gw, TRACE_PATH, simple_spans(tag, 7), [("authorization", key)]) is None
 
-    n = 1 + 2 + 3 + 4 + 5
+    n = 1 + 2 + 3 + 4 + 5 + 6 + 7
     for _, res, _ in exact(sinks["acme-own"], "traces", tag, n):
         _assert_enriched(res, "acme", ACME_ATTRIBUTES)
     exact(sinks["central"], "traces", tag, n)
@@ -653,3 +665,74 @@ def test_no_key_material_in_log_or_answers(gw: Gateway, sinks: dict[str, Sink]) 
     log = gw.log()
     assert "tenants: acme, globex, initech" in log  # it is the gateway's log
     assert_no_secret(log, *every_key)
+
+
+# ---------------------------------------------------------------------------------------------
+# Open mode: one tenant named `default`, enriched like any other
+
+
+def test_open_mode_sets_tenant_id_default_on_every_transport(tmp_path: Path, sink: Sink) -> None:
+    """Without a `tenants` section no key is asked, and every resource gets tenant.id=default,
+    replacing one the client sent, as a configured tenant's resources get their name."""
+    config = {
+        "backends": {
+            "central": {
+                "protocol": "http/protobuf",
+                "endpoint": sink.endpoint,
+                "headers": {"X-Scope-OrgID": "{tenant}"},
+            }
+        },
+        "service_backends": ["central"],
+    }
+    tag = new_tag()
+    spoofed = trace_request(tag, [(f"{tag}-0", {}), (f"{tag}-1", {})])
+    spoofed.resource_spans[0].resource.attributes.add(
+        key="tenant.id", value=AnyValue(string_value="acme")
+    )
+    body = spoofed.SerializeToString()
+    document = {
+        "resourceSpans": [
+            {
+                "resource": {
+                    "attributes": [
+                        {"key": "tenant.id", "value": {"stringValue": "acme"}},
+                        {"key": "test.tag", "value": {"stringValue": tag}},
+                    ]
+                },
+                "scopeSpans": [
+                    {
+                        "spans": [
+                            {
+                                "traceId": "5b8efff798038103d269b633813fc60c",
+                                "spanId": "eee19b7ec3c1b174",
+                                "name": f"{tag}-json",
+                                "startTimeUnixNano": "1700000000000000000",
+                                "endTimeUnixNano": "1700000000000000100",
+                            }
+                        ]
+                    }
+                ],
+            }
+        ]
+    }
+    with run_tenant_gateway(tmp_path, config) as gw:
+        assert post(gw, "traces", body, {}).status_code == 200  # http/protobuf, no key
+        assert grpc_call(gw, TRACE_PATH, body, []) is None  # gRPC
+        r = httpx.post(
+            f"{gw.http_endpoint}/v1/traces",
+            json=document,
+            headers={"content-type": "application/json"},
+            timeout=10,
+        )
+        assert r.status_code == 200, r.text  # OTLP/JSON
+        r = connect_post(gw, body, {})  # Connect
+        assert r.status_code == 200, r.text
+        r = post(gw, "metrics", metrics_request(tag), {})
+        assert r.status_code == 200
+        got = exact(sink, "traces", tag, 2 + 2 + 1 + 2)
+        got += exact(sink, "metrics", tag, 1)
+        assert "no tenants configured" in gw.log()
+    for headers, res, _ in got:
+        assert [v for k, v in res if k == "tenant.id"] == ["default"], res
+        assert ("test.tag", tag) in res
+        assert headers["x-scope-orgid"] == "default"

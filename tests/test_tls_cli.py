@@ -8,6 +8,7 @@ import ssl
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -26,6 +27,11 @@ from tests.support.peers import Sink, send_spans, wait_until
 
 # Variables of the machine that the HTTP exporter (requests) would prefer over its CA file.
 _CA_OVERRIDES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE")
+# for tests that forward nothing: a config needs a backend data goes to (under the gateway's cwd)
+FILES: dict[str, Any] = {
+    "backends": {"files": {"protocol": "file", "path": "./otlp-data"}},
+    "service_backends": ["files"],
+}
 
 
 def run_cli(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -127,7 +133,7 @@ def test_tls_flags_sdk_grpc_and_http_exporters(
 def test_tls_cert_flag_overrides_config_tls(tmp_path: Path, pki: dict[str, Path]) -> None:
     """The config names a certificate clients do not trust; `--tls-cert` with a PEM holding key
     and chain replaces it, on both listeners, with ALPN h2."""
-    config = {"tls": {"cert": str(pki["untrusted"])}, "backends": {}, "service_backends": []}
+    config = {"tls": {"cert": str(pki["untrusted"])}, **FILES}
     with serve(tmp_path, config, ["--tls-cert", str(pki["combined"])]) as gw:
         trust = ssl.create_default_context(cafile=str(pki["ca"]))
         with httpx.Client(http2=True, verify=trust) as client:
@@ -142,7 +148,7 @@ def test_tls_cert_flag_overrides_config_tls(tmp_path: Path, pki: dict[str, Path]
 
 def test_tls_flag_errors(tmp_path: Path, pki: dict[str, Path]) -> None:
     config = tmp_path / "gateway.yaml"
-    config.write_text(yaml.safe_dump({"backends": {}, "service_backends": []}))
+    config.write_text(yaml.safe_dump(FILES))
     serve_cmd = ("serve", "--config", str(config))
 
     r = run_cli(tmp_path, *serve_cmd, "--tls-key", str(pki["key"]))

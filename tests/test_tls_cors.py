@@ -123,8 +123,8 @@ def _wait_names(sink: Sink, prefix: str, n: int) -> list[str]:
 def test_cors_preflight_and_response(tmp_path: Path) -> None:
     config = {
         "cors": {"allowed_origins": ["https://app.example"]},
-        "backends": {},
-        "service_backends": [],
+        "backends": {"files": {"protocol": "file", "path": str(tmp_path / "out")}},
+        "service_backends": ["files"],
     }
     with run_gateway(tmp_path, config) as gw:
         path = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"

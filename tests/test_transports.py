@@ -161,7 +161,8 @@ def assert_spans_exact(sink: Sink, tag: str, ids: list[tuple[bytes, bytes, bytes
         assert span.kind == Span.SPAN_KIND_CLIENT
         assert span.start_time_unix_nano == 1_700_000_000_000_000_000 + i
         assert attrs(span.attributes) == {"i": i}
-    assert all(res == {"test.tag": tag} for res, _, _ in got)
+    # open mode is one tenant, `default`: its tenant.id is on every resource
+    assert all(res == {"test.tag": tag, "tenant.id": "default"} for res, _, _ in got)
 
 
 def otlp_json_traces(tag: str, ids: list[tuple[str, str, str]]) -> dict[str, Any]:
@@ -225,7 +226,7 @@ def assert_json_spans_exact(sink: Sink, tag: str, ids: list[tuple[str, str, str]
         assert attrs(span.attributes) == {"i": i, "big": 9007199254740993}
         assert (span.status.code, span.status.message) == (2, "boom")
         assert (scope.name, scope.version) == ("json-scope", "1.2.3")
-        assert res == {"test.tag": tag}
+        assert res == {"test.tag": tag, "tenant.id": "default"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -505,7 +506,7 @@ def test_otlp_json_logs_hex_ids(gw: Gateway, main_sink: Sink) -> None:
     assert record.span_id == bytes.fromhex(span_id)
     assert record.severity_number == 17
     assert record.time_unix_nano == 1_700_000_000_000_000_001
-    assert res == {"test.tag": tag}
+    assert res == {"test.tag": tag, "tenant.id": "default"}
 
 
 def test_protobuf_request_gets_protobuf_response(gw: Gateway, main_sink: Sink) -> None:
@@ -878,7 +879,10 @@ def test_file_backend_writes_otlp_json_lines(file_gateway: tuple[Gateway, Path])
     back = ExportTraceServiceRequest.FromString(
         otlpjson.json_to_proto(TRACES, json.dumps(docs[0]).encode())
     )
-    assert back == pb_trace_request(tag, ids)
+    sent = pb_trace_request(tag, ids)
+    tenant_id = sent.resource_spans[0].resource.attributes.add(key="tenant.id")
+    tenant_id.value.string_value = "default"
+    assert back == sent
 
 
 def test_file_backend_rotates_and_keeps_max_files(file_gateway: tuple[Gateway, Path]) -> None:

@@ -186,6 +186,9 @@ class AdminAPI:
                 exported_items=int(exported.get(name, 0)),
                 dropped_items=int(dropped.get(name, 0)),
             )
+            # a per-tenant queue's items are that tenant's; the shared queue's, every tenant's
+            exported_by = _sum_by(metrics.EXPORTED_ITEMS, "tenant", backend=name)
+            dropped_by = _sum_by(metrics.DROPPED_ITEMS, "tenant", backend=name)
             for r in readings:
                 if r.backend == name:
                     backend.queues.append(
@@ -195,6 +198,12 @@ class AdminAPI:
                             bytes=r.bytes,
                             max_bytes=r.max_bytes,
                             oldest_age_seconds=r.oldest_age,
+                            exported_items=int(
+                                exported_by.get(r.tenant, 0) if r.tenant else backend.exported_items
+                            ),
+                            dropped_items=int(
+                                dropped_by.get(r.tenant, 0) if r.tenant else backend.dropped_items
+                            ),
                         )
                     )
             out.backends.append(backend)

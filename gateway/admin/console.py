@@ -101,6 +101,12 @@ def status(url: str, key: str | None, out: TextIO = sys.stdout) -> int:
     rows = [["BACKEND", "QUEUE", "STATE", "BATCHES", "BYTES", "OLDEST", "EXPORTED", "DROPPED"]]
     for b in backends:
         for q in b.queues or [pb.Queue()]:
+            # a tenant's queue shows that tenant's items; the shared one (or none), the backend's
+            exported, dropped = (
+                (q.exported_items, q.dropped_items)
+                if q.tenant
+                else (b.exported_items, b.dropped_items)
+            )
             rows.append(
                 [
                     b.name + (" (service-wide)" if b.service_wide else ""),
@@ -109,8 +115,8 @@ def status(url: str, key: str | None, out: TextIO = sys.stdout) -> int:
                     str(q.batches),
                     f"{_size(q.bytes)} / {_size(q.max_bytes)}",
                     f"{q.oldest_age_seconds:.1f}s",
-                    str(b.exported_items),
-                    str(b.dropped_items),
+                    str(exported),
+                    str(dropped),
                 ]
             )
     _table(rows, out)

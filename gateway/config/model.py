@@ -233,6 +233,15 @@ class TenantConfig:
 DEFAULT_ADMIN_LISTEN = "127.0.0.1:9464"
 
 
+def address_problem(address: str) -> str | None:
+    """Why `address` cannot be a listener's host:port, or None when it can: the one check of
+    `listen`, `admin.listen` and `serve --listen/--admin`."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
+        return f"{address!r} is not host:port (for example 0.0.0.0:4317)"
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class AdminConfig:
     """The admin listener: /metrics, /healthz, /readyz (no key), the admin API and the status
@@ -296,6 +305,9 @@ class LoadedConfig(GatewayConfig):
     past the command reads `origin`: it hands it on in a Runtime."""
 
     origin: ConfigSource = field(default=ConfigSource(), compare=False, metadata=NOT_A_KEY)
+    # what is valid but likely a mistake (a backend nothing routes to), each naming the file, line
+    # and key; load() logs them, so `check` and a reload show them too
+    warnings: tuple[str, ...] = field(default=(), compare=False, metadata=NOT_A_KEY)
 
     @property
     def source(self) -> str:

@@ -1,8 +1,10 @@
 """parse() and load(): a YAML document into a LoadedConfig. The fields the schema cannot read
-alone (BY_HAND) are read here, with the checks that span several fields."""
+alone (BY_HAND) are read here, with the checks that span several fields. load() also refuses a
+file that sends data nowhere: parse() reads any document, load() a config to serve."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -31,20 +33,23 @@ from gateway.config.model import (
     RedConfig,
     ServerTLS,
     TenantConfig,
+    address_problem,
 )
 from gateway.config.reader import (
     _Doc,
     _Section,
 )
 
+log = logging.getLogger("otlp_gateway.config")
+
 # -- the fields read by hand, and the checks that span several fields --
 
 
 def _check_listen(top: _Section[Any], addresses: tuple[str, ...]) -> None:
     for address in addresses:
-        host, sep, port = address.rpartition(":")
-        if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
-            raise top.error("listen", f"{address!r} is not host:port (for example 0.0.0.0:4317)")
+        problem = address_problem(address)
+        if problem is not None:
+            raise top.error("listen", problem)
 
 
 def _limits(top: _Section[Any]) -> Limits:
@@ -233,6 +238,58 @@ def _server_tls(top: _Section[Any]) -> ServerTLS | None:
     return tls
 
 
+def _routed(
+    service_backends: tuple[str, ...], tenants: Mapping[str, TenantConfig] | None
+) -> set[str]:
+    """The backends some data goes to: the service backends and every tenant's own."""
+    routed = set(service_backends)
+    for tenant in (tenants or {}).values():
+        routed.update(tenant.backends)
+        for names in tenant.signal_backends.values():
+            routed.update(names)
+    return routed
+
+
+def _unrouted(
+    section: _Section[Any], backends: Mapping[str, BackendConfig], routed: set[str]
+) -> tuple[str, ...]:
+    """A warning for each backend nothing routes to (when none is routed, load() refuses)."""
+    if not routed:
+        return ()
+    return tuple(
+        str(
+            section.error(
+                name,
+                "nothing routes to this backend, so it receives no data; name it in "
+                "service_backends or in a tenant's backends or signal_backends, or remove it",
+            )
+        )
+        for name in backends
+        if name not in routed
+    )
+
+
+def _check_routes(config: LoadedConfig) -> None:
+    """Refuse a config whose data would reach no backend: the gateway would acknowledge every
+    request and drop it, which no client could tell."""
+    if not config.backends:
+        raise ConfigError(
+            f"{config.source}: no backend is defined, so everything received would be "
+            "acknowledged and dropped; define one under `backends:` (for example "
+            "`archive: {protocol: file, path: ./otlp-data}`) and route to it with "
+            "`service_backends: [archive]` or a tenant's `backends:`"
+        )
+    if not _routed(config.service_backends, config.tenants):
+        names = ", ".join(config.backends)
+        first = next(iter(config.backends))
+        raise ConfigError(
+            f"{config.source}: nothing routes to a backend (neither service_backends nor any "
+            "tenant's backends or signal_backends names one), so everything received would be "
+            f"acknowledged and dropped; route to {names} with `service_backends: [{first}]` or "
+            "a tenant's `backends:`"
+        )
+
+
 def parse(
     text: str, source: str = "<config>", env: Mapping[str, str] | None = None
 ) -> LoadedConfig:
@@ -262,6 +319,7 @@ def parse(
         ts = top.mapping("tenants")
         seen: dict[str, str] = {}
         tenants = {name: _tenant(ts, name, backends, seen) for name in ts.data}
+    routed = _routed(service_backends, tenants)
     return top.read(
         listen=listen,
         limits=limits,
@@ -273,6 +331,7 @@ def parse(
         drop=_drop_rules(top, "drop"),
         admin=_admin(top, listen),
         origin=ConfigSource(source),
+        warnings=_unrouted(backends_section, backends, routed),
     )
 
 
@@ -282,4 +341,8 @@ def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> 
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read the config file: {exc.strerror}") from None
-    return replace(parse(text, str(p), env), origin=ConfigSource(str(p), path=str(p)))
+    config = replace(parse(text, str(p), env), origin=ConfigSource(str(p), path=str(p)))
+    _check_routes(config)
+    for warning in config.warnings:  # before logging is set up (`check`): on stderr as it is
+        log.warning("config warning: %s", warning)
+    return config

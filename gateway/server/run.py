@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import socket
@@ -14,6 +15,7 @@ from typing import Any, Literal, Protocol
 from starlette.types import Receive, Scope, Send
 
 from gateway.config import GatewayConfig, Runtime
+from gateway.errors import CannotListen
 from gateway.ingress.guard import RefuseEarly
 from gateway.server.workers import supervise
 
@@ -34,7 +36,15 @@ AppFactory = Callable[[GatewayConfig, Runtime], ServedApp]
 log = logging.getLogger("otlp_gateway")
 
 
-def _bind(address: str, port_offset: int = 0, reuse_port: bool = False) -> socket.socket:
+def _bind(
+    address: str,
+    role: str,
+    port_offset: int = 0,
+    reuse_port: bool = False,
+    listen: bool = True,
+) -> socket.socket:
+    """A socket bound to `address` (its port + `port_offset`) and listening; CannotListen, naming
+    the address and its role ("OTLP", "admin"), when the address cannot be bound."""
     host, _, port = address.rpartition(":")
     port = str(int(port) + port_offset)
     host = host.strip("[]")
@@ -42,35 +52,80 @@ def _bind(address: str, port_offset: int = 0, reuse_port: bool = False) -> socke
     # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted connections only then; without it
     # every gRPC call waits ~40 ms for a delayed ACK (headers, data, trailers are separate writes).
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:  # several worker processes on one port: the kernel spreads connections
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    if family == socket.AF_INET6:
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-    sock.bind((host, int(port)))
-    sock.listen(2048)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:  # several worker processes on one port: the kernel spreads connections
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, int(port)))
+        if listen:
+            sock.listen(2048)
+    except OSError as exc:  # in use, not this host's address, a privileged port, no such host
+        sock.close()
+        reason = exc.strerror or str(exc)
+        shown = f"{address.rpartition(':')[0]}:{port}"
+        raise CannotListen(shown, role, reason[:1].lower() + reason[1:]) from exc
     sock.set_inheritable(True)
     return sock
 
 
+def _bind_all(
+    config: GatewayConfig, worker: int | None, *, listen: bool = True
+) -> tuple[list[socket.socket], socket.socket | None]:
+    """The OTLP sockets and the admin one (None when off) of worker `worker` (None: the only
+    process); when one cannot be bound, those already bound are closed and CannotListen raised."""
+    with contextlib.ExitStack() as bound:
+        sockets = [
+            bound.enter_context(_bind(a, "OTLP", reuse_port=worker is not None, listen=listen))
+            for a in config.listen
+        ]
+        admin = None
+        if config.admin.listen is not None:  # worker i: the admin port + i
+            admin = bound.enter_context(
+                _bind(config.admin.listen, "admin", port_offset=worker or 0, listen=listen)
+            )
+        bound.pop_all()
+    return sockets, admin
+
+
+def _check_bindable(config: GatewayConfig) -> None:
+    """With workers the parent keeps no socket (each worker binds its own SO_REUSEPORT ones), but
+    it binds each address once and lets it go, so an address in use fails the start before
+    anything says it listens. Not listening, the probe never takes a connection."""
+    for worker in range(config.workers):
+        sockets, admin = _bind_all(config, worker, listen=False)
+        for sock in [*sockets, *([admin] if admin is not None else [])]:
+            sock.close()
+
+
 def serve(
-    config: GatewayConfig, make_app: AppFactory, runtime: Runtime, *, log_level: str = "info"
+    config: GatewayConfig,
+    make_app: AppFactory,
+    runtime: Runtime,
+    *,
+    log_level: str = "info",
+    listening: Callable[[], None] | None = None,
 ) -> None:
     """Serve the app `make_app` builds for `config` until SIGTERM/SIGINT; with `workers: N`, fork
-    N processes that each do so, each with its index as `runtime.worker` (server/workers.py)."""
+    N processes that each do so, each with its index as `runtime.worker` (server/workers.py).
+
+    Every listener is bound first: an address that cannot be bound raises CannotListen before
+    anything else happens, and `listening` (the banner) is called once they are bound."""
     if config.workers > 1 and runtime.worker is None:
+        _check_bindable(config)
+        if listening is not None:
+            listening()
 
         def worker(index: int) -> None:
             serve(config, make_app, replace(runtime, worker=index), log_level=log_level)
 
         supervise(config.workers, worker)
         return
+    sockets, admin = _bind_all(config, runtime.worker)
+    if listening is not None:
+        listening()
     app = make_app(config, runtime)
-    several = runtime.worker is not None
-    sockets = [_bind(address, reuse_port=several) for address in config.listen]
-    admin = None
-    if config.admin.listen is not None:  # worker i: the admin port + i
-        admin = _bind(config.admin.listen, port_offset=runtime.worker or 0)
     if config.server == "hypercorn":
         _serve_hypercorn(app, config, sockets, admin, log_level)
     else:

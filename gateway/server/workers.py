@@ -17,6 +17,8 @@ import sys
 import time
 from collections.abc import Callable
 
+from gateway.errors import CannotListen
+
 log = logging.getLogger("otlp_gateway.workers")
 
 RESTART_DELAY = 1.0  # seconds before a worker that died is started again
@@ -33,6 +35,9 @@ def _run_worker(index: int, target: Target) -> None:
     code = 0
     try:
         target(index)
+    except CannotListen as exc:  # taken since the parent checked it: said without a traceback
+        log.error("worker %d: %s", index, exc)
+        code = 1
     except BaseException:
         log.exception("worker %d failed", index)
         code = 1

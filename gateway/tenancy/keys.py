@@ -35,11 +35,17 @@ def client_headers_env(key: str) -> str:
     return f"authorization=Bearer%20{key}"
 
 
+# Schemes read from `authorization`; a lone word that is not one of them is a key sent without
+# its scheme (`authorization=<key>` in OTEL_EXPORTER_OTLP_HEADERS, a common slip).
+_SCHEMES = ("bearer", "basic")
+
+
 def credentials(headers: Mapping[str, str]) -> tuple[str | None, str | None]:
     """(tenant named by the client, key) from `authorization: Bearer <key>`,
-    `authorization: Basic base64(<tenant>:<key>)` or `x-api-key: <key>`."""
+    `authorization: Basic base64(<tenant>:<key>)`, `authorization: <key>` (one word, no scheme)
+    or `x-api-key: <key>`."""
     auth = headers.get("authorization", "").strip()
-    scheme, _, value = auth.partition(" ")
+    scheme, space, value = auth.partition(" ")
     scheme = scheme.lower()
     value = value.strip()
     if scheme == "bearer" and value:
@@ -51,5 +57,14 @@ def credentials(headers: Mapping[str, str]) -> tuple[str | None, str | None]:
             return None, None
         tenant, sep, key = decoded.partition(":")
         return (tenant or None, key) if sep and key else (None, None)
+    if auth and not space and scheme not in _SCHEMES:
+        return None, auth
     key = headers.get("x-api-key", "").strip()
     return None, key or None
+
+
+def other_scheme(headers: Mapping[str, str]) -> bool:
+    """Whether `authorization` holds a scheme other than Bearer and Basic, with a value (`Token
+    <key>`): a key in a form that is not accepted, which deserves a hint rather than "missing"."""
+    scheme, _, value = headers.get("authorization", "").strip().partition(" ")
+    return bool(value.strip()) and scheme.lower() not in _SCHEMES

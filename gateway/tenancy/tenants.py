@@ -36,6 +36,11 @@ MISSING_KEY = (
     "authorization=Bearer%20<key>) or `x-api-key: <key>`"
 )
 WRONG_KEY = "the API key is not valid (mistyped, or revoked); ask the gateway's operators for one"
+OTHER_SCHEME = (
+    "the authorization header has a scheme other than Bearer or Basic; "
+    'use "authorization: Bearer <key>" (OTEL_EXPORTER_OTLP_HEADERS=authorization=Bearer%20<key>) '
+    'or "x-api-key: <key>"'
+)
 
 
 def _unique(names: tuple[str, ...]) -> tuple[str, ...]:
@@ -49,7 +54,6 @@ class Tenant:
         service_backends: tuple[str, ...],
         drop: DropFilter | None,
         quota: Quota | None,
-        enrich: bool,
         red: RedMetrics | None = None,
     ) -> None:
         self.name = config.name
@@ -61,7 +65,9 @@ class Tenant:
             )
             for s in SIGNALS
         }
-        self.enricher = ResourceEnricher(config.name, config.attributes) if enrich else None
+        # Every tenant's resources get tenant.id, the open mode's `default` too: a client cannot
+        # claim another tenant's name downstream.
+        self.enricher = ResourceEnricher(config.name, config.attributes)
         self.drop = drop
         self.quota = quota
         self.max_request_bytes = config.quota.max_request_bytes
@@ -102,7 +108,7 @@ class Tenant:
                     "fix the exporter that sent it"
                 ) from None
             items -= dropped
-        if self.enricher is not None and items:
+        if items:
             try:
                 payload = self.enricher.apply(signal, payload)
             except WireError as exc:
@@ -152,7 +158,6 @@ class TenantRegistry:
                 config.service_backends,
                 DropFilter(rules) if rules else None,
                 quota,
-                enrich=not self.open,
                 red=red,
             )
             self.tenants[name] = tenant
@@ -165,7 +170,7 @@ class TenantRegistry:
             return self.tenants[DEFAULT_TENANT]
         named, key = keys.credentials(headers)
         if key is None:
-            raise Unauthenticated(MISSING_KEY)
+            raise Unauthenticated(OTHER_SCHEME if keys.other_scheme(headers) else MISSING_KEY)
         tenant = self._by_key.get(key)
         if tenant is not None and (named is None or named == tenant.name):
             tenant.check_signal(signal)  # a key seen before: no hashing (~2 us a request)

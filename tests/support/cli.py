@@ -1,4 +1,5 @@
-"""The `otlp-gateway serve` command run as a subprocess with a config file and flags."""
+"""Child processes of the tests: the `otlp-gateway serve` command with a config file and flags,
+and `run`, a command run to its end that fails the test with the child's output."""
 
 from __future__ import annotations
 
@@ -6,24 +7,28 @@ import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from gateway import config as config_mod
 from tests.support.peers import Gateway, free_port, wait_ready
 
 
-def admin_off() -> dict[str, Any]:
-    """Keeps the gateway's admin listener off the default port, so that gateways of concurrent
-    test runs do not compete for it."""
+def admin_off(config: dict[str, Any]) -> dict[str, Any]:
+    """The config's `admin` section with its listener on a free port unless the config gives one,
+    so that the gateway never takes the default port (a gateway started from the README, or one
+    of a concurrent test run, may hold it)."""
     try:
         config_mod.parse("admin: {listen: '127.0.0.1:9'}")
     except config_mod.ConfigError:  # no admin listener in this version
         return {}
-    return {"admin": {"listen": f"127.0.0.1:{free_port()}"}}
+    admin = dict(config.get("admin") or {})
+    admin.setdefault("listen", f"127.0.0.1:{free_port()}")
+    return {"admin": admin}
 
 
 @contextlib.contextmanager
@@ -39,8 +44,8 @@ def serve(
     is replaced), with `env` added to the environment."""
     grpc_port, http_port = free_port(), free_port()
     config = {
-        **admin_off(),
         **config,
+        **admin_off(config),
         "listen": [f"127.0.0.1:{grpc_port}", f"127.0.0.1:{http_port}"],
     }
     path = tmp / f"gateway-{grpc_port}.yaml"
@@ -63,3 +68,27 @@ def serve(
         yield gw
     finally:
         gw.stop()
+
+
+def run(args: Sequence[str], *, timeout: float, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """`subprocess.run(args)` to its end, its output captured as text. A non-zero exit or a
+    timeout fails the test with the end of the child's stdout and stderr: a bare
+    CalledProcessError would not say why the child failed."""
+    try:
+        proc = subprocess.run(
+            args, capture_output=True, text=True, timeout=timeout, check=False, **kwargs
+        )
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(_report(args, f"still running after {timeout:g} s", e.stdout, e.stderr))
+    if proc.returncode != 0:
+        pytest.fail(_report(args, f"exited {proc.returncode}", proc.stdout, proc.stderr))
+    return proc
+
+
+def _report(args: Sequence[str], what: str, *outputs: str | bytes | None) -> str:
+    text = [f"{' '.join(map(str, args))}: {what}"]
+    for name, out in zip(("stdout", "stderr"), outputs, strict=True):
+        if isinstance(out, bytes):  # what a timeout had captured so far
+            out = out.decode(errors="replace")
+        text += [f"--- {name} (end):", (out or "")[-4000:]]
+    return "\n".join(text)

@@ -55,22 +55,34 @@ def _my_ports() -> range:
     return _PORTS[index * size : (index + 1) * size]
 
 
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False  # in use (a long-lived gateway of this worker, another program)
+    return True
+
+
 def free_port() -> int:
     """A port nothing listens on, from this worker's share; a child process (a bench script) that
     inherits the worker's share starts at a random place in it."""
+    return free_ports(1)
+
+
+def free_ports(n: int) -> int:
+    """The first of `n` consecutive ports nothing listens on, from this worker's share: for a
+    child that lays its ports out from a base (bench/run.py --base-port)."""
     ports = _my_ports()
     if not _cursor:
         _cursor.append(random.randrange(len(ports)))
     for _ in range(len(ports)):
-        port = ports[_cursor[0]]
-        _cursor[0] = (_cursor[0] + 1) % len(ports)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue  # in use (a long-lived gateway of this worker, another program)
-            return port
-    raise RuntimeError(f"no free port in {ports}")
+        start = _cursor[0] if _cursor[0] + n <= len(ports) else 0
+        _cursor[0] = (start + n) % len(ports)
+        block = ports[start : start + n]
+        if all(_bindable(port) for port in block):
+            return block[0]
+    raise RuntimeError(f"no {n} free ports in a row in {ports}")
 
 
 def wait_for_port(port: int, timeout: float = 20.0, host: str = "127.0.0.1") -> None:

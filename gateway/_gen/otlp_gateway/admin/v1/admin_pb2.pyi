@@ -96,18 +96,22 @@ class Backend(_message.Message):
     def __init__(self, name: _Optional[str] = ..., protocol: _Optional[str] = ..., endpoint: _Optional[str] = ..., service_wide: _Optional[bool] = ..., state: _Optional[_Union[BackendState, str]] = ..., last_error: _Optional[str] = ..., last_error_time: _Optional[float] = ..., durable: _Optional[bool] = ..., queues: _Optional[_Iterable[_Union[Queue, _Mapping]]] = ..., exported_items: _Optional[int] = ..., dropped_items: _Optional[int] = ...) -> None: ...
 
 class Queue(_message.Message):
-    __slots__ = ("tenant", "batches", "bytes", "max_bytes", "oldest_age_seconds")
+    __slots__ = ("tenant", "batches", "bytes", "max_bytes", "oldest_age_seconds", "exported_items", "dropped_items")
     TENANT_FIELD_NUMBER: _ClassVar[int]
     BATCHES_FIELD_NUMBER: _ClassVar[int]
     BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
     OLDEST_AGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    EXPORTED_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_ITEMS_FIELD_NUMBER: _ClassVar[int]
     tenant: str
     batches: int
     bytes: int
     max_bytes: int
     oldest_age_seconds: float
-    def __init__(self, tenant: _Optional[str] = ..., batches: _Optional[int] = ..., bytes: _Optional[int] = ..., max_bytes: _Optional[int] = ..., oldest_age_seconds: _Optional[float] = ...) -> None: ...
+    exported_items: int
+    dropped_items: int
+    def __init__(self, tenant: _Optional[str] = ..., batches: _Optional[int] = ..., bytes: _Optional[int] = ..., max_bytes: _Optional[int] = ..., oldest_age_seconds: _Optional[float] = ..., exported_items: _Optional[int] = ..., dropped_items: _Optional[int] = ...) -> None: ...
 
 class ListRecentErrorsRequest(_message.Message):
     __slots__ = ()
