@@ -114,6 +114,24 @@ def run_wrk(
     )
 
 
+# The gateway ends an HTTP/2 connection gracefully after 3840 streams (gateway/server/
+# uvicorn_h2.py), and h2load's timed mode does not reconnect: a long gRPC run would go idle once
+# every connection had its 3840 calls. So a timed gRPC run is a series of h2load rounds, each
+# short enough that no connection reaches ROUND_STREAMS calls (each round, new connections).
+ROUND_STREAMS = 3000
+
+
+@dataclass(frozen=True)
+class _Round:
+    started: int
+    done: int
+    ok: int
+    wall_s: float
+    cpu_s: float
+    latencies_us: list[int]
+    tail: list[str]
+
+
 def run_h2load(
     procs: Procs,
     port: int,
@@ -129,7 +147,8 @@ def run_h2load(
     skip_first_s: float = 0.0,
 ) -> Load:
     """h2load for `duration` seconds or `requests` requests; latencies from its --log-file (of
-    the requests answered 200, after the first `skip_first_s` seconds)."""
+    the requests answered 200, after the first `skip_first_s` seconds). A timed gRPC run is
+    made of rounds (see ROUND_STREAMS)."""
     args = ["h2load", "-t1", f"-c{clients}", f"-m{streams}", "-d", str(body_file)]
     args += ["-H", f"authorization: Bearer {API_KEY}", f"--log-file={log_file}"]
     if transport == "grpc":
@@ -138,14 +157,50 @@ def run_h2load(
     else:
         args += ["--h1", "-H", "content-type: application/x-protobuf"]
         url = f"http://127.0.0.1:{port}{HTTP_PATH}"
-    if duration is not None:
-        args += ["-D", str(max(1, round(duration)))]
-    else:
-        args += ["-n", str(requests)]
     if rps is not None:
         args += [f"--rps={rps:.3f}"]
+    if duration is None:
+        rounds = [_h2load_round(procs, [*args, "-n", str(requests), url], log_file, None, 0.0)]
+    elif transport != "grpc" or rps is not None:
+        seconds = float(max(1, round(duration)))
+        timed = [*args, "-D", str(int(seconds)), url]
+        rounds = [_h2load_round(procs, timed, log_file, seconds, skip_first_s)]
+    else:
+        rounds = []
+        left = float(max(1, round(duration)))
+        seconds = 1.0  # the first round measures the rate the next ones are sized by
+        while left > 0.05:
+            this = min(seconds, left)
+            timed = [*args, "-D", f"{max(1, round(this * 1000))}ms", url]
+            skip = skip_first_s if not rounds else 0.0
+            done = _h2load_round(procs, timed, log_file, this, skip)
+            rounds.append(done)
+            left -= this
+            per_connection = done.started / clients / max(this, 0.001)
+            seconds = max(0.5, ROUND_STREAMS / max(per_connection, 1.0))
+    lat = sorted(us for r in rounds for us in r.latencies_us)
+    raw: H2loadRaw = {"output_tail": rounds[-1].tail, "latency_samples": len(lat)}
+    return Load(
+        sent=sum(r.started for r in rounds),
+        ok=sum(r.ok for r in rounds),
+        # finished without a 2xx (error, timeout, other status)
+        failed=sum(max(0, r.done - r.ok) for r in rounds),
+        wall_s=sum(r.wall_s for r in rounds),
+        p50_ms=_ms(lat, 50),
+        p99_ms=_ms(lat, 99),
+        cpu_s=sum(r.cpu_s for r in rounds),
+        latency_samples=len(lat),
+        raw=raw,
+    )
+
+
+def _h2load_round(
+    procs: Procs, argv: list[str], log_file: Path, seconds: float | None, skip_first_s: float
+) -> _Round:
+    """One h2load run (timed: `seconds`): its counts, and the latencies of its requests
+    answered 200."""
     t0 = time.monotonic()
-    out, cpu = run_measured(procs, pinned(LOAD_CORE, [*args, url]), dict(os.environ), 300)
+    out, cpu = run_measured(procs, pinned(LOAD_CORE, argv), dict(os.environ), 300)
     wall = time.monotonic() - t0
     m = re.search(
         r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
@@ -167,21 +222,17 @@ def run_h2load(
     if rows and skip_first_s:
         t_first = min(r[0] for r in rows)
         rows = [r for r in rows if r[0] >= t_first + skip_first_s * 1e6]
-    lat = sorted(r[2] for r in rows if r[1] == 200)
     m_time = re.search(r"finished in ([\d.]+)(m?s)", out)
     if m_time:
         wall = float(m_time.group(1)) / (1000 if m_time.group(2) == "ms" else 1)
-    if duration is not None:
-        wall = min(wall, duration)
-    raw: H2loadRaw = {"output_tail": out.strip().splitlines()[-12:], "latency_samples": len(lat)}
-    return Load(
-        sent=started,
+    if seconds is not None:
+        wall = min(wall, seconds)
+    return _Round(
+        started=started,
+        done=done,
         ok=ok2xx,
-        failed=max(0, done - ok2xx),  # finished without a 2xx (error, timeout, other status)
         wall_s=wall,
-        p50_ms=_ms(lat, 50),
-        p99_ms=_ms(lat, 99),
         cpu_s=cpu,
-        latency_samples=len(lat),
-        raw=raw,
+        latencies_us=[r[2] for r in rows if r[1] == 200],
+        tail=out.strip().splitlines()[-12:],
     )

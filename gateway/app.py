@@ -25,10 +25,11 @@ from gateway.config import DEFAULT_TENANT, GatewayConfig, Runtime
 from gateway.delivery.pipeline import Pipeline
 from gateway.ingress.connect import RPCService
 from gateway.ingress.early import EarlyRefusal
-from gateway.ingress.grpc import is_grpc_proto
-from gateway.ingress.guard import RefuseEarly
+from gateway.ingress.grpc import GrpcExport, is_grpc_proto
+from gateway.ingress.guard import Lane, RefuseEarly
 from gateway.ingress.http import OTLPHTTPEndpoint
 from gateway.ingress.intake import Intake
+from gateway.ingress.lane import OTLPLane
 from gateway.ingress.limits import InFlight
 from gateway.ingress.notfound import NotFound
 from gateway.otlp import offload
@@ -73,6 +74,7 @@ class GatewayApp:
         self.admin_port = admin_port
         self.tail = tail
         self.refuse_early: RefuseEarly | None = None
+        self.lane: Lane | None = None
         # OTLP/HTTP paths served without Starlette's middleware and router (their layers were
         # ~5% of a small request); empty when a middleware (CORS) must see every request
         self.direct: dict[str, ASGIApp] = {}
@@ -122,13 +124,15 @@ def create_app(config: GatewayConfig, runtime: Runtime) -> GatewayApp:
     routes: list[BaseRoute] = []
     direct: dict[str, ASGIApp] = {}
     grpc_direct: dict[str, ASGIApp] = {}
+    lane_http: dict[str, OTLPHTTPEndpoint] = {}
+    lane_grpc: dict[str, GrpcExport] = {}
     for signal in SIGNALS:
         endpoint = OTLPHTTPEndpoint(signal, intake, config.limits, inflight)
         routes.append(Route(signal.http_path, endpoint))
-        direct[signal.http_path] = endpoint
+        direct[signal.http_path] = lane_http[signal.http_path] = endpoint
         rpc = RPCService(signal, intake, config.limits, inflight)
         routes.append(Mount(rpc.path, app=rpc))
-        grpc_direct[rpc.path + "/Export"] = rpc.grpc
+        grpc_direct[rpc.path + "/Export"] = lane_grpc[rpc.path + "/Export"] = rpc.grpc
     grpc_health = GrpcHealth(readiness)  # on every listener, for gRPC probes on the OTLP port
     routes.append(Mount(grpc_health.path, app=grpc_health))
 
@@ -187,6 +191,8 @@ def create_app(config: GatewayConfig, runtime: Runtime) -> GatewayApp:
     gateway = GatewayApp(main, admin, port, tail)
     if not middleware:
         gateway.direct, gateway.grpc_direct = direct, grpc_direct
+        # small exports are taken whole by the server's protocol, without an ASGI task
+        gateway.lane = OTLPLane(lane_http, lane_grpc, port)
     # for the HTTP/2 server: refuses keyless OTLP streams before they cost an app task
     gateway.refuse_early = EarlyRefusal(intake, port)
     return gateway

@@ -203,6 +203,12 @@ def test_http_bad_input(setup: Setup, case: HTTPCase) -> None:
         assert response.headers["allow"] == "POST"
     if case.status == 404:
         return  # the router's own answer: plain text is fine
+    if case.content_type not in (PROTOBUF, JSON):
+        # a client that speaks neither format reads the refusal as text
+        assert response.headers["content-type"] == "text/plain; charset=utf-8"
+        assert response.text.startswith(f"{case.status} content-type "), response.text
+        assert "application/x-protobuf or application/json" in response.text
+        return
     if case.as_json:
         assert response.headers["content-type"] == JSON
         doc = response.json()

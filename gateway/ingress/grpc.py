@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import re
+from collections.abc import Awaitable
 from datetime import timedelta
 from urllib.parse import quote
 
@@ -27,7 +28,9 @@ from gateway.errors import (
     too_large_message,
 )
 from gateway.ingress import limits
+from gateway.ingress.guard import EarlyAnswer, Header, LaneRequest
 from gateway.ingress.intake import Intake, count_items, count_items_off_loop, text_headers
+from gateway.ingress.lane import eager, text_header
 from gateway.otlp import offload
 from gateway.otlp.signals import Signal
 from gateway.tenancy.tenants import Tenant
@@ -93,6 +96,7 @@ class GrpcExport:
         self._limits = limits_
         self._inflight = inflight
         self._ok = frame(signal.response_type().SerializeToString())
+        self._ok_answer = EarlyAnswer(200, _OK_HEADERS, self._ok, trailers=_OK_TRAILERS)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -102,6 +106,28 @@ class GrpcExport:
             await _respond(send, b"", error)
             return
         await _respond(send, self._ok, None)
+
+    def lane(self, header: Header, http2: bool) -> LaneRequest | None:
+        """The call whole, from the server (ingress/lane.py), when its head allows: gRPC with
+        the protobuf codec over HTTP/2, a known grpc-encoding, a valid timeout, a tenant with
+        room. gRPC bodies have no length up front: the server hands one that grows past
+        LANE_MAX_BYTES to the app. Anything else, refusals included, the app serves as usual."""
+        if not http2:
+            return None
+        kind = header(b"content-type")
+        if kind is None or kind.split(b";", 1)[0].strip().lower() not in PROTO_TYPES:
+            return None
+        headers = text_header(header, _LANE_HEADERS)
+        encoding = _ENCODINGS.get(headers.get("grpc-encoding", "identity").strip().lower())
+        if encoding is None or timeout_problem(headers) is not None:
+            return None
+        try:
+            tenant = self._intake.admit(self.signal, headers, self._inflight, charge=False)
+        except GatewayError:
+            return None
+        charged = "" if self._intake.registry.open else tenant.name
+        held = self._inflight.hold(headers.get("content-length", ""), charged)
+        return _WholeCall(self, encoding, tenant, held)
 
     async def _handle(self, scope: Scope, headers: dict[str, str], receive: Receive) -> None:
         length = headers.get("content-length", "")
@@ -143,12 +169,16 @@ class GrpcExport:
                 raise RequestTooLarge(str(exc)) from None
             except limits.ClientGone as exc:
                 raise InvalidRequest(str(exc)) from None
-            data = await self._message(body, encoding)
-            if len(data) < offload.PROCESS_MIN_BYTES:
-                items = count_items(self.signal, data, "message")
-            else:
-                items = await count_items_off_loop(self.signal, data, "message")
-            await self._intake.accept(self.signal, data, items, tenant, "grpc")
+            await self._take(body, encoding, tenant)
+
+    async def _take(self, body: bytes, encoding: str, tenant: Tenant) -> None:
+        """Unframe, inflate, count and hand a whole request body to the intake."""
+        data = await self._message(body, encoding)
+        if len(data) < offload.PROCESS_MIN_BYTES:
+            items = count_items(self.signal, data, "message")
+        else:
+            items = await count_items_off_loop(self.signal, data, "message")
+        await self._intake.accept(self.signal, data, items, tenant, "grpc")
 
     async def _message(self, body: bytes, encoding: str) -> bytes:
         try:
@@ -259,3 +289,76 @@ async def send_grpc(
             "more_trailers": False,
         }
     )
+
+
+_OK_HEADERS = [(b"content-type", b"application/grpc"), (b"grpc-accept-encoding", _ACCEPT)]
+_OK_TRAILERS = [(b"grpc-status", b"0")]
+# what the intake and the call's checks read of its head
+_LANE_HEADERS = (
+    b"authorization",
+    b"x-api-key",
+    b"content-length",
+    b"grpc-encoding",
+    b"grpc-timeout",
+    b"connect-timeout-ms",
+)
+
+
+def _refusal_answer(error: GatewayError) -> EarlyAnswer:
+    """What _respond sends for a refusal, as one answer for the server to send."""
+    headers = list(_OK_HEADERS)
+    trailers = [
+        (b"grpc-status", str(int(error.grpc_code)).encode()),
+        (b"grpc-message", quote(error.message, safe=" ").encode()),
+    ]
+    details = _status_details(error)
+    if details is not None:
+        trailers.append((b"grpc-status-details-bin", details))
+        headers.append((b"retry-after", str(max(1, round(error.retry_after or 1))).encode()))
+    return EarlyAnswer(200, headers, trailers=trailers)
+
+
+class _WholeCall:
+    """A call taken whole through the lane: its tenant admitted from the head on; the message
+    counts in the in-flight budget from when it is complete."""
+
+    __slots__ = ("_encoding", "_export", "_held", "_tenant")
+
+    def __init__(
+        self, export: GrpcExport, encoding: str, tenant: Tenant, held: limits.Held
+    ) -> None:
+        self._export = export
+        self._encoding = encoding
+        self._tenant = tenant
+        self._held = held
+
+    def finish(self, body: bytes) -> EarlyAnswer | Awaitable[EarlyAnswer]:
+        return eager(self._finish(body))
+
+    async def _finish(self, body: bytes) -> EarlyAnswer:
+        export = self._export
+        try:
+            self._held.add(len(body))
+            cap = export._limits.max_body_bytes
+            if len(body) > cap:  # the lane's own cap is larger than a configured one
+                raise RequestTooLarge(too_large_message("the request body", cap))
+            await export._take(body, self._encoding, self._tenant)
+        except GatewayError as error:
+            if error.tenant is None:
+                error.tenant = self._tenant.name
+            export._intake.refused(export.signal, "grpc", error)
+            return _refusal_answer(error)
+        finally:
+            self._held.release()
+        return export._ok_answer
+
+    def timed_out(self) -> EarlyAnswer:
+        self._held.release()
+        export = self._export
+        error = limits.body_timeout_error(export._inflight.body_timeout)
+        error.tenant = self._tenant.name
+        export._intake.refused(export.signal, "grpc", error)
+        return _refusal_answer(error)
+
+    def abandon(self) -> None:
+        self._held.release()

@@ -9,9 +9,9 @@ import asyncio
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 
@@ -21,17 +21,42 @@ Header = Callable[[bytes], "bytes | None"]  # a request header by its lower-case
 @dataclass(frozen=True, slots=True)
 class EarlyAnswer:
     """A complete response the server sends itself. With `trailers_only` (gRPC) the headers end
-    the stream."""
+    the stream; `trailers` end it after the body."""
 
     status: int
     headers: list[tuple[bytes, bytes]]
     body: bytes = b""
     trailers_only: bool = False
+    trailers: list[tuple[bytes, bytes]] | None = None  # HTTP/2 only (a gRPC status)
 
 
 # What the app hands the server: (local port, path, header) -> the answer to send instead of
 # starting the app, or None to serve the request as usual.
 RefuseEarly = Callable[[int | None, str, Header], EarlyAnswer | None]
+
+
+class LaneRequest(Protocol):
+    """A request the app takes from the server whole, without an ASGI task (see Lane)."""
+
+    def finish(self, body: bytes) -> EarlyAnswer | Awaitable[EarlyAnswer]:
+        """The answer to the request with this body: at once when nothing had to wait (the
+        common case), else an awaitable of it. Never raises for bad input: that is an answer."""
+        ...
+
+    def timed_out(self) -> EarlyAnswer:
+        """The body paused longer than limits.body_timeout: the answer that ends the request."""
+        ...
+
+    def abandon(self) -> None:
+        """The client went away before the body was complete."""
+        ...
+
+
+# What the app hands the server for the hot path, the small OTLP exports (ingress/lane.py):
+# (local port, path, header, HTTP/2) -> a LaneRequest that takes the body, or None to serve the
+# request as usual. Called for a POST once its head is complete, so the key is checked before a
+# byte of the body is kept.
+Lane = Callable[[int | None, str, Header, bool], "LaneRequest | None"]
 
 # Stream churn (resets from either side, streams refused before they reach the app) one HTTP/2
 # connection may cause: a burst, then a steady rate. nghttp2 and Go allow about 1000 resets; zttp

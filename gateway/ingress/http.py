@@ -8,6 +8,7 @@ protobuf bytes. Errors are google.rpc.Status bodies in the request's content typ
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable
 
 from google.rpc import status_pb2
 from starlette.types import Receive, Scope, Send
@@ -19,9 +20,13 @@ from gateway.errors import (
     RequestTooLarge,
     Unavailable,
     UnsupportedMediaType,
+    too_large_message,
 )
 from gateway.ingress import limits
+from gateway.ingress.guard import EarlyAnswer, Header, LaneRequest
 from gateway.ingress.intake import Intake, count_items, count_items_off_loop, text_headers
+from gateway.ingress.lane import LANE_MAX_BYTES, eager, text_header
+from gateway.ingress.lane import media_type as type_of
 from gateway.otlp import jsonpb as otlpjson
 from gateway.otlp import offload
 from gateway.otlp.signals import Signal
@@ -30,6 +35,9 @@ from gateway.tenancy.tenants import Tenant
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 _PROTOBUF_TYPES = frozenset({PROTOBUF, "application/protobuf"})
+_PROTOBUF_TYPE, _JSON_TYPE = PROTOBUF.encode(), JSON.encode()
+# what the intake and the decoder read of a request's head
+_LANE_HEADERS = (b"authorization", b"x-api-key", b"content-encoding", b"content-length")
 
 
 class _MethodNotAllowed(GatewayError):
@@ -52,25 +60,71 @@ class OTLPHTTPEndpoint:
         self._intake = intake
         self._limits = limits_
         self._inflight = inflight
-        self._empty = signal.response_type().SerializeToString()
+        self._ok_json = _answer(200, True, b"{}")
+        self._ok_proto = _answer(200, False, signal.response_type().SerializeToString())
+        self._lane_max = min(LANE_MAX_BYTES, limits_.max_body_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = text_headers(scope["headers"])
         media_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
-        as_json = media_type == JSON
         try:
-            body = await self._handle(scope, headers, media_type, receive)
+            await self._handle(scope, headers, media_type, receive)
         except GatewayError as error:
-            self._intake.refused(self.signal, "http/json" if as_json else "http/protobuf", error)
-            await self._respond(
-                send, error.http_status, as_json, _status_body(error, as_json), error
-            )
-            return
-        await self._respond(send, 200, as_json, body, None)
+            answer = self._refusal(error, media_type)
+        else:
+            answer = self._ok(media_type == JSON)
+        start = {"type": "http.response.start", "status": answer.status, "headers": answer.headers}
+        await send(start)
+        await send({"type": "http.response.body", "body": answer.body})
+
+    def lane(self, header: Header, http2: bool) -> LaneRequest | None:
+        """The request whole, from the server (ingress/lane.py), when its head allows: a POST
+        (the server's check) of protobuf or JSON of a known length up to LANE_MAX_BYTES (over
+        HTTP/2 the length may be unknown: the server hands a body that grows past it to the app),
+        from a tenant with room. Anything else, refusals included, the app serves as usual."""
+        length = header(b"content-length")
+        if length is None:
+            if not http2:
+                return None
+            length = b""
+        elif not length.isdigit() or int(length) > self._lane_max:
+            return None
+        kind = type_of(header(b"content-type"))
+        if kind not in _PROTOBUF_TYPES and kind != JSON:
+            return None
+        headers = text_header(header, _LANE_HEADERS)
+        try:
+            tenant = self._intake.admit(self.signal, headers, self._inflight, charge=False)
+        except GatewayError:
+            return None
+        charged = "" if self._intake.registry.open else tenant.name
+        held = self._inflight.hold(length.decode(), charged)
+        return _Whole(self, headers, kind, tenant, held)
+
+    def _refusal(self, error: GatewayError, media_type: str) -> EarlyAnswer:
+        """Count and log a refusal; the answer that says it, in the request's format (protobuf
+        or JSON google.rpc.Status), or as text when the client sent neither."""
+        as_json = media_type == JSON
+        self._intake.refused(self.signal, "http/json" if as_json else "http/protobuf", error)
+        extra: list[tuple[bytes, bytes]] = []
+        if isinstance(error, _MethodNotAllowed):
+            extra.append((b"allow", b"POST"))
+        if error.retry_after is not None:
+            extra.append((b"retry-after", str(max(1, round(error.retry_after))).encode()))
+        if as_json or media_type in _PROTOBUF_TYPES:
+            body = _status_body(error, as_json)
+            return _answer(error.http_status, as_json, body, extra)
+        text = f"{error.http_status} {error.message}\n".encode()
+        headers = [(b"content-type", b"text/plain; charset=utf-8")]
+        headers += [(b"content-length", str(len(text)).encode()), *extra]
+        return EarlyAnswer(error.http_status, headers, text)
+
+    def _ok(self, as_json: bool) -> EarlyAnswer:
+        return self._ok_json if as_json else self._ok_proto
 
     async def _handle(
         self, scope: Scope, headers: dict[str, str], media_type: str, receive: Receive
-    ) -> bytes:
+    ) -> None:
         if scope["method"] != "POST":
             raise _MethodNotAllowed(
                 f"{scope['method']} is not allowed on {self.signal.http_path}; use POST"
@@ -82,7 +136,7 @@ class OTLPHTTPEndpoint:
             )
         tenant = self._intake.admit(self.signal, headers, self._inflight)
         try:
-            return await self._read_and_accept(headers, media_type, receive, tenant)
+            await self._read_and_accept(headers, media_type, receive, tenant)
         except GatewayError as error:
             if error.tenant is None:
                 error.tenant = tenant.name
@@ -90,7 +144,7 @@ class OTLPHTTPEndpoint:
 
     async def _read_and_accept(
         self, headers: dict[str, str], media_type: str, receive: Receive, tenant: Tenant
-    ) -> bytes:
+    ) -> None:
         length = headers.get("content-length", "")
         with self._inflight.hold(length) as held:
             try:
@@ -99,11 +153,11 @@ class OTLPHTTPEndpoint:
                 raise RequestTooLarge(str(exc)) from None
             except limits.ClientGone as exc:
                 raise InvalidRequest(str(exc)) from None
-            return await self._decode_and_accept(headers, media_type, raw, tenant)
+            await self._decode_and_accept(headers, media_type, raw, tenant)
 
     async def _decode_and_accept(
         self, headers: dict[str, str], media_type: str, raw: bytes, tenant: Tenant
-    ) -> bytes:
+    ) -> None:
         encoding = headers.get("content-encoding", "")
         cap = self._limits.max_request_bytes
         try:
@@ -135,19 +189,64 @@ class OTLPHTTPEndpoint:
         items = count_items(self.signal, data) if counted is None else counted
         transport = "http/json" if media_type == JSON else "http/protobuf"
         await self._intake.accept(self.signal, data, items, tenant, transport)
-        return b"{}" if media_type == JSON else self._empty
 
-    async def _respond(
-        self, send: Send, status: int, as_json: bool, body: bytes, error: GatewayError | None
+
+def _answer(
+    status: int, as_json: bool, body: bytes, extra: list[tuple[bytes, bytes]] | None = None
+) -> EarlyAnswer:
+    headers = [
+        (b"content-type", _JSON_TYPE if as_json else _PROTOBUF_TYPE),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if extra:
+        headers += extra
+    return EarlyAnswer(status, headers, body)
+
+
+class _Whole:
+    """An export taken whole through the lane: its tenant admitted and its announced length held
+    in the in-flight budget from the head on; the body counts from when it is complete."""
+
+    __slots__ = ("_endpoint", "_headers", "_held", "_kind", "_tenant")
+
+    def __init__(
+        self,
+        endpoint: OTLPHTTPEndpoint,
+        headers: dict[str, str],
+        kind: str,
+        tenant: Tenant,
+        held: limits.Held,
     ) -> None:
-        headers = [
-            (b"content-type", (JSON if as_json else PROTOBUF).encode()),
-            (b"content-length", str(len(body)).encode()),
-        ]
-        if error is not None:
-            if isinstance(error, _MethodNotAllowed):
-                headers.append((b"allow", b"POST"))
-            if error.retry_after is not None:
-                headers.append((b"retry-after", str(max(1, round(error.retry_after))).encode()))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        self._endpoint = endpoint
+        self._headers = headers
+        self._kind = kind
+        self._tenant = tenant
+        self._held = held
+
+    def finish(self, body: bytes) -> EarlyAnswer | Awaitable[EarlyAnswer]:
+        return eager(self._finish(body))
+
+    async def _finish(self, body: bytes) -> EarlyAnswer:
+        endpoint = self._endpoint
+        try:
+            self._held.add(len(body))
+            cap = endpoint._limits.max_body_bytes
+            if len(body) > cap:  # over HTTP/2 without a content-length
+                raise RequestTooLarge(too_large_message("the request body", cap))
+            await endpoint._decode_and_accept(self._headers, self._kind, body, self._tenant)
+        except GatewayError as error:
+            if error.tenant is None:
+                error.tenant = self._tenant.name
+            return endpoint._refusal(error, self._kind)
+        finally:
+            self._held.release()
+        return endpoint._ok(self._kind == JSON)
+
+    def timed_out(self) -> EarlyAnswer:
+        self._held.release()
+        error = limits.body_timeout_error(self._endpoint._inflight.body_timeout)
+        error.tenant = self._tenant.name
+        return self._endpoint._refusal(error, self._kind)
+
+    def abandon(self) -> None:
+        self._held.release()

@@ -109,10 +109,16 @@ class Intake:
         self._counts: dict[tuple[str, str, str], _Counts] = {}
 
     def admit(
-        self, signal: Signal, headers: Mapping[str, str], inflight: limits.InFlight
+        self,
+        signal: Signal,
+        headers: Mapping[str, str],
+        inflight: limits.InFlight,
+        charge: bool = True,
     ) -> Tenant:
         """Who is sending, and whether there is room for a request now, from the headers alone:
-        raises Unauthenticated / PermissionDenied, then Throttled while `inflight` is full."""
+        raises Unauthenticated / PermissionDenied, then Throttled while `inflight` is full.
+        With `charge`, the request's bytes held from now on in this task are the tenant's (the
+        lane, which has no task of its own, passes the tenant to InFlight.hold instead)."""
         tenant = self.registry.authenticate(headers, signal)
         if inflight.full:
             busy = Throttled(inflight.busy_message(), retry_after=1.0, reason="busy")
@@ -125,7 +131,8 @@ class Intake:
                 busy = Throttled(message, retry_after=1.0, reason="busy")
                 busy.tenant = tenant.name
                 raise busy
-            inflight.charge_to(tenant.name)
+            if charge:
+                inflight.charge_to(tenant.name)
         return tenant
 
     def _counters(self, tenant: str, signal: str, transport: str) -> _Counts:

@@ -58,10 +58,11 @@ class InFlight:
         """Charge the bytes of the request being admitted (in this task) to `tenant`."""
         _CHARGED_TO.set(tenant)
 
-    def hold(self, content_length: str) -> Held:
+    def hold(self, content_length: str, tenant: str | None = None) -> Held:
         """Count one request in flight from now (its announced length is reserved before a byte
-        is read) until the returned context ends."""
-        return Held(self, content_length)
+        is read) until the returned context ends; charged to `tenant` (by default, to the one
+        charge_to named in this task)."""
+        return Held(self, content_length, tenant)
 
     def _add(self, tenant: str, n: int) -> None:
         self.bytes += n
@@ -84,10 +85,10 @@ class BodyTimeout(GatewayError):
 class Held:
     """One request's bytes counted in an InFlight budget; released when the context ends."""
 
-    def __init__(self, inflight: InFlight, content_length: str) -> None:
+    def __init__(self, inflight: InFlight, content_length: str, tenant: str | None = None) -> None:
         self._inflight = inflight
         self._length = content_length  # as the client announced it ("" when it did not)
-        self._tenant = _CHARGED_TO.get()
+        self._tenant = _CHARGED_TO.get() if tenant is None else tenant
         self.bytes = int(content_length) if content_length.isdigit() else 0
         inflight._add(self._tenant, self.bytes)
 
@@ -281,7 +282,8 @@ class ClientGone(Exception):
     """The client disconnected before sending the whole body."""
 
 
-def _body_timeout(timeout: float) -> BodyTimeout:
+def body_timeout_error(timeout: float) -> BodyTimeout:
+    """The refusal of a body that paused longer than `timeout` seconds."""
     return BodyTimeout(
         f"the client sent nothing for {timeout:g}s while sending the request body "
         "(limits.body_timeout); send the whole body without pausing"
@@ -294,7 +296,7 @@ async def receive_within(receive: Receive, timeout: float) -> Message:
         async with asyncio.timeout(timeout):
             return await receive()
     except TimeoutError:
-        raise _body_timeout(timeout) from None
+        raise body_timeout_error(timeout) from None
 
 
 class _Sweeper:
@@ -396,7 +398,7 @@ async def read_body(receive: Receive, cap: int, timeout: float = DEFAULT_BODY_TI
                 return b"".join(chunks)
     except asyncio.CancelledError:
         if watchdog.timed_out():
-            raise _body_timeout(timeout) from None
+            raise body_timeout_error(timeout) from None
         raise
     finally:
         watchdog.close()

@@ -16,7 +16,7 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.config import GatewayConfig, Runtime
 from gateway.errors import CannotListen
-from gateway.ingress.guard import RefuseEarly
+from gateway.ingress.guard import Lane, RefuseEarly
 from gateway.server.workers import supervise
 
 
@@ -25,6 +25,7 @@ class ServedApp(Protocol):
     know how the gateway is wired)."""
 
     refuse_early: RefuseEarly | None
+    lane: Lane | None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None: ...
 
@@ -148,6 +149,7 @@ def _serve_uvicorn(
     protocol = guarded(
         ConnectionGuard(
             refuse_early=app.refuse_early,
+            lane=app.lane,
             header_timeout=config.limits.header_timeout,
             body_timeout=config.limits.body_timeout,
         )

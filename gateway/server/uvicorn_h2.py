@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -39,13 +39,17 @@ from gateway.ingress.guard import (
     CONN_CHURN_BURST,
     CONN_CHURN_RATE,
     EarlyAnswer,
+    Lane,
+    LaneRequest,
     LogThrottle,
     PeerBudget,
     RefuseEarly,
     TokenBucket,
 )
+from gateway.ingress.lane import LANE_MAX_BYTES
 from gateway.telemetry import metrics
 
+_LANE_TICK = 0.25  # how late a stalled lane body is answered (timeouts are seconds: 30 s)
 STREAM_BUDGET = 3840  # below zttp's 4096, with room for the streams in flight at the GOAWAY
 CLOSE_AFTER = 5.0  # seconds the connection stays open after its last stream, for the client
 _NO_ERROR, _REFUSED_STREAM, _ENHANCE_YOUR_CALM = 0x0, 0x7, 0xB
@@ -85,6 +89,7 @@ class ConnectionGuard:
     per-peer budget and the throttle of the lines logged for connections it ended."""
 
     refuse_early: RefuseEarly | None = None
+    lane: Lane | None = None  # the small OTLP exports, served without an ASGI task
     header_timeout: float = 30.0
     body_timeout: float = 30.0
     peers: PeerBudget = field(default_factory=PeerBudget)
@@ -102,6 +107,38 @@ class ConnectionGuard:
             )
 
 
+class _LaneBody:
+    """The body of a request the lane took, as it arrives."""
+
+    __slots__ = ("chunks", "event", "last", "pending", "request", "size")
+
+    def __init__(self, request: LaneRequest, now: float, event: zttp.Request | None = None):
+        self.request = request
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.last = now  # when bytes last came: the body timeout counts from here
+        self.pending = False  # the request waits on something (a durable queue, a thread)
+        self.event = event  # HTTP/2: the head, for handing the stream to the app after all
+
+    def add(self, data: bytes, now: float) -> None:
+        self.chunks.append(data)
+        self.size += len(data)
+        self.last = now
+
+    def body(self) -> bytes:
+        chunks = self.chunks
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _lane_failed(exc: BaseException) -> EarlyAnswer:
+    """A bug in the lane must not end the connection silently: logged, answered as the app's
+    server would (500)."""
+    log.error("a lane request failed", exc_info=exc)
+    body = b"Internal Server Error"
+    headers = [(b"content-type", b"text/plain; charset=utf-8")]
+    return EarlyAnswer(500, [*headers, (b"content-length", str(len(body)).encode())], body)
+
+
 def _peer(transport: asyncio.BaseTransport) -> str:
     address = transport.get_extra_info("peername")
     return str(address[0]) if isinstance(address, tuple) and address else ""
@@ -117,6 +154,8 @@ class GracefulH2Protocol(ZttpH2Protocol):
         self._close_timer: asyncio.TimerHandle | None = None
         self._churn = TokenBucket(CONN_CHURN_BURST, CONN_CHURN_RATE)
         self._refused: dict[int, EarlyAnswer] = {}  # answered once the client ends its body
+        self._lanes: dict[int, _LaneBody] = {}  # streams the lane is taking
+        self._lane_timer: asyncio.TimerHandle | None = None
         self._peer = ""
         self._port: int | None = None
 
@@ -140,11 +179,18 @@ class GracefulH2Protocol(ZttpH2Protocol):
         if self._last_stream is not None and event.stream_id > self._last_stream:
             self._reset(event.stream_id, _REFUSED_STREAM)
             return
-        refuse = self.guard.refuse_early
-        if refuse is not None:
+        lane, refuse = self.guard.lane, self.guard.refuse_early
+        if lane is not None or refuse is not None:
             headers = event.headers
             header = headers.get if isinstance(headers, zttp.HeaderBlock) else dict(headers).get
-            answer = refuse(self._port, event.path.decode("latin-1"), header)
+            path = event.path.decode("latin-1")
+            if lane is not None and event.method == b"POST" and not self.shutdown_requested:
+                request = lane(self._port, path, header, True)
+                if request is not None:
+                    self._lane_start(event, request)
+                    self._count(event.stream_id)
+                    return
+            answer = None if refuse is None else refuse(self._port, path, header)
             if answer is not None:
                 if event.end_stream:
                     self._answer(event.stream_id, answer)
@@ -152,6 +198,10 @@ class GracefulH2Protocol(ZttpH2Protocol):
                     self._refused[event.stream_id] = answer
                 self._spend()
                 return
+        self._to_app(event)
+        self._count(event.stream_id)
+
+    def _to_app(self, event: zttp.Request) -> None:
         super().handle_request(event)
         # uvicorn 0.54's HTTP/2 adapter ignores zttp's `Request.end_stream` (its HTTP/1.1 adapter
         # honours it): a request whose HEADERS frame ends the stream (an empty POST) would wait
@@ -160,13 +210,104 @@ class GracefulH2Protocol(ZttpH2Protocol):
         if event.end_stream and cycle is not None:
             cycle.more_body = False
             cycle.message_event.set()
+
+    def _count(self, stream_id: int) -> None:
+        """One more stream served: a graceful GOAWAY at the budget."""
         self._served += 1
         if self._served >= STREAM_BUDGET and self._last_stream is None:
-            self._last_stream = event.stream_id
-            self.conn.close(_NO_ERROR, event.stream_id)
+            self._last_stream = stream_id
+            self.conn.close(_NO_ERROR, stream_id)
+
+    # -- the lane: small exports taken whole, without an ASGI task (ingress/lane.py) ----------
+
+    def _lane_start(self, event: zttp.Request, request: LaneRequest) -> None:
+        body = self._lanes[event.stream_id] = _LaneBody(request, self.loop.time(), event)
+        self._unset_keepalive_if_required()
+        if event.end_stream:
+            self._lane_finish(event.stream_id, body)
+        elif self._lane_timer is None:
+            self._lane_timer = self.loop.call_later(_LANE_TICK, self._lane_sweep)
+
+    def _lane_data(self, stream_id: int, body: _LaneBody, data: bytes) -> None:
+        body.add(data, self.loop.time())
+        if body.size > LANE_MAX_BYTES:  # larger than its head let on: the app streams it
+            self._lane_to_app(stream_id, body)
+
+    def _lane_finish(self, stream_id: int, body: _LaneBody) -> None:
+        try:
+            result = body.request.finish(body.body())
+        except Exception as exc:
+            result = _lane_failed(exc)
+        if isinstance(result, EarlyAnswer):
+            del self._lanes[stream_id]
+            self._lane_answer(stream_id, result)
+            return
+        body.pending = True
+        task = self.loop.create_task(self._lane_later(stream_id, result))
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
+
+    async def _lane_later(self, stream_id: int, result: Awaitable[EarlyAnswer]) -> None:
+        try:
+            answer = await result
+        except Exception as exc:
+            answer = _lane_failed(exc)
+        if self._lanes.pop(stream_id, None) is not None:  # else: reset by the client meanwhile
+            self._lane_answer(stream_id, answer)
+            self.flush()
+
+    def _lane_answer(self, stream_id: int, answer: EarlyAnswer) -> None:
+        if self.transport.is_closing():
+            return
+        stream = self.conn.stream(stream_id)
+        headers = self.server_state.default_headers + answer.headers
+        if answer.trailers_only:
+            stream.send_response(answer.status, headers, end_stream=True)
+        else:
+            stream.send_response(answer.status, headers)
+            if answer.body:
+                stream.send_data(answer.body)
+            stream.end_message(answer.trailers)
+        self.server_state.total_requests += 1
+        self.on_stream_closed()
+
+    def _lane_to_app(self, stream_id: int, body: _LaneBody) -> None:
+        """Hand a stream the lane took to the app after all, with what came of its body."""
+        del self._lanes[stream_id]
+        body.request.abandon()
+        assert body.event is not None
+        self._to_app(body.event)
+        cycle = self.cycles.get(stream_id)
+        if cycle is not None:
+            cycle.body += body.body()
+            cycle.message_event.set()
+
+    def _lane_sweep(self) -> None:
+        """A body that pauses longer than limits.body_timeout is answered with the refusal
+        that says so (DEADLINE_EXCEEDED, 408), as the app's read would."""
+        self._lane_timer = None
+        if self.transport.is_closing():
+            return
+        deadline = self.loop.time() - self.guard.body_timeout
+        stalled = [(i, b) for i, b in self._lanes.items() if not b.pending and b.last <= deadline]
+        for stream_id, body in stalled:
+            del self._lanes[stream_id]
+            self._lane_answer(stream_id, body.request.timed_out())
+        if stalled:
+            self.flush()
+        if any(not b.pending for b in self._lanes.values()):
+            self._lane_timer = self.loop.call_later(_LANE_TICK, self._lane_sweep)
 
     def events(self) -> Iterator[zttp.Event]:  # type: ignore[override]
         for event in super().events():
+            if self._lanes and isinstance(event, (zttp.Data, zttp.EndOfMessage)):
+                body = self._lanes.get(event.stream_id)
+                if body is not None and not body.pending:
+                    if isinstance(event, zttp.Data):
+                        self._lane_data(event.stream_id, body, event.data)
+                    else:
+                        self._lane_finish(event.stream_id, body)
+                    continue
             if self._refused and isinstance(event, zttp.EndOfMessage):
                 answer = self._refused.pop(event.stream_id, None)
                 if answer is not None:
@@ -177,6 +318,9 @@ class GracefulH2Protocol(ZttpH2Protocol):
     def handle_rst_stream(self, event: zttp.RstStream) -> None:
         # Resets from the client, and the ones zttp sends for streams it rejects: both churn.
         self._refused.pop(event.stream_id, None)
+        lane = self._lanes.pop(event.stream_id, None)
+        if lane is not None and not lane.pending:  # a pending one releases its budget itself
+            lane.request.abandon()
         super().handle_rst_stream(event)
         self._spend()
 
@@ -211,15 +355,33 @@ class GracefulH2Protocol(ZttpH2Protocol):
         self.transport.close()
 
     def on_stream_closed(self) -> None:
+        if self._lanes:  # streams still open in the lane: the connection is not idle
+            self._unset_keepalive_if_required()
+            return
         super().on_stream_closed()
         if self._last_stream is not None and not self.cycles and self._close_timer is None:
             self._unset_keepalive_if_required()
             self._close_timer = self.loop.call_later(CLOSE_AFTER, self._close_connection)
 
+    def shutdown(self) -> None:
+        if self._lanes:  # new streams go to the app (which refuses them); these finish first
+            self.shutdown_requested = True
+            return
+        super().shutdown()
+
+    def timeout_keep_alive_handler(self) -> None:
+        if not self._lanes:  # a lane stream waiting on a durable queue is not idleness
+            super().timeout_keep_alive_handler()
+
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._close_timer is not None:
-            self._close_timer.cancel()
+        for timer in (self._close_timer, self._lane_timer):
+            if timer is not None:
+                timer.cancel()
         self._refused.clear()
+        lanes, self._lanes = self._lanes, {}
+        for lane in lanes.values():
+            if not lane.pending:  # a pending one releases its budget itself
+                lane.request.abandon()
         super().connection_lost(exc)
 
 
@@ -290,17 +452,23 @@ class GuardedH1Protocol(ZttpProtocol):
         self._head_started: float | None = None  # when the head being received began
         self._idle_since: float | None = None  # when the last response ended, if nothing came
         self._drain_timer: asyncio.TimerHandle | None = None
+        self._lane: _LaneBody | None = None  # the request the lane is taking
+        self._close_after_lane = False  # a shutdown came while it was
+        self._port: int | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         corked = _CorkedTransport(transport, self.loop)
         super().connection_made(corked)  # type: ignore[arg-type]
+        self._port = self.server[1] if self.server else None
         self._head_timer = self.loop.call_later(self._tick(), self._check_timers)
 
     def data_received(self, data: bytes) -> None:
         self._idle_since = None
         cycle = self.cycle
-        if self._head_started is None and (
-            cycle is None or (cycle.response_complete and not cycle.more_body)
+        if (
+            self._head_started is None
+            and self._lane is None
+            and (cycle is None or (cycle.response_complete and not cycle.more_body))
         ):
             # The first bytes of a request head: the whole head is due within header_timeout.
             self._head_started = self.loop.time()
@@ -310,6 +478,102 @@ class GuardedH1Protocol(ZttpProtocol):
         if self._drain_timer is not None and not (cycle is not None and cycle.more_body):
             self._drain_timer.cancel()
             self._drain_timer = None
+
+    def handle_events(self, event: zttp.Event) -> None:
+        lane = self.guard.lane
+        if lane is None:
+            super().handle_events(event)
+            return
+        while event is not zttp.NEED_DATA:
+            body = self._lane
+            if body is not None:
+                if isinstance(event, zttp.Data):
+                    body.add(event.data, self.loop.time())
+                elif isinstance(event, zttp.EndOfMessage) and (
+                    not self._lane_finish(body) or self.transport.is_closing()
+                ):
+                    return  # answered once what it waits on is done, or closed
+            elif (
+                isinstance(event, zttp.Request)
+                and event.method == b"POST"
+                and not event.expect_continue
+                and self._lane_start(lane, event)
+            ):
+                body = self._lane
+                if (  # no body, and so no EndOfMessage
+                    event.end_stream
+                    and body is not None
+                    and (not self._lane_finish(body) or self.transport.is_closing())
+                ):
+                    return
+            else:
+                super().handle_events(event)  # uvicorn's: an ASGI cycle and task
+                return
+            event = self.conn.next_event()
+
+    def _lane_start(self, lane: Lane, event: zttp.Request) -> bool:
+        headers = event.headers
+        assert isinstance(headers, zttp.HeaderBlock)  # zttp's HTTP/1.1 heads always are
+        request = lane(self._port, event.path.decode("latin-1"), headers.get, False)
+        if request is None:
+            return False
+        self.cycle = None  # type: ignore[assignment]  # the last app cycle is complete
+        self._head_started = None  # the head is complete
+        self._lane = _LaneBody(request, self.loop.time(), event)
+        return True
+
+    def _lane_finish(self, body: _LaneBody) -> bool:
+        """Finish the lane's request; whether it was answered at once."""
+        try:
+            result = body.request.finish(body.body())
+        except Exception as exc:
+            result = _lane_failed(exc)
+        if isinstance(result, EarlyAnswer):
+            self._lane = None
+            self._lane_answer(result)
+            return True
+        body.pending = True
+        self.flow.pause_reading()  # pipelined requests wait in the kernel meanwhile
+        task = self.loop.create_task(self._lane_later(result))
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
+        return False
+
+    async def _lane_later(self, result: Awaitable[EarlyAnswer]) -> None:
+        try:
+            answer = await result
+        except Exception as exc:
+            answer = _lane_failed(exc)
+        self._lane = None
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        self._lane_answer(answer)
+        if not self.transport.is_closing():
+            try:
+                self.handle_events(self.conn.next_event())
+            except zttp.RemoteProtocolError:
+                self.handle_remote_protocol_error()
+
+    def _lane_answer(self, answer: EarlyAnswer) -> None:
+        conn = self.conn
+        conn.send_response(answer.status, self.server_state.default_headers + answer.headers)
+        if answer.body:
+            conn.send_data(answer.body)
+        conn.end_message()
+        self.transport.write(conn.data_to_send())
+        self.server_state.total_requests += 1
+        if self._close_after_lane or conn.should_close():
+            self.transport.close()
+            return
+        self._idle_since = self.loop.time()
+        conn.start_next_cycle()
+
+    def shutdown(self) -> None:
+        if self._lane is not None:  # answer the request in progress first, then close
+            self._close_after_lane = True
+            return
+        super().shutdown()
 
     def _tick(self) -> float:
         return min(self.guard.header_timeout, float(self.timeout_keep_alive))
@@ -328,6 +592,16 @@ class GuardedH1Protocol(ZttpProtocol):
             self.timeout_keep_alive_handler()
             return
         due = now + self._tick()
+        lane = self._lane
+        if lane is not None and not lane.pending:
+            if now - lane.last >= self.guard.body_timeout:
+                # answered, and closed: the rest of the body would read as a request
+                self._lane = None
+                self._close_after_lane = True
+                self._lane_answer(lane.request.timed_out())
+                return
+            else:
+                due = min(due, lane.last + self.guard.body_timeout)
         if started is not None:
             due = min(due, started + self.guard.header_timeout)
         if idle is not None:
@@ -370,6 +644,10 @@ class GuardedH1Protocol(ZttpProtocol):
             if timer is not None:
                 timer.cancel()
         self._head_timer = self._drain_timer = None
+        lane = self._lane
+        if lane is not None and not lane.pending:  # a pending one releases its budget itself
+            self._lane = None
+            lane.request.abandon()
         super().connection_lost(exc)
 
 
