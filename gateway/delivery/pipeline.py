@@ -129,6 +129,7 @@ class Destination:
         self._exporter: Exporter | None = None  # made in start(): it binds to the running loop
         self._workers: list[asyncio.Task[None]] = []
         self._idle: set[asyncio.Task[None] | None] = set()
+        self._forming = asyncio.Lock()  # held while a worker takes a run and lingers
         self._mode = _Mode.RUN
         self._in_hand_items = 0  # taken from the queue, not yet delivered or dropped
         self.retrying = False  # the last attempt failed and a retry is pending
@@ -190,28 +191,34 @@ class Destination:
 
     async def _step(self, me: asyncio.Task[None] | None, carry: list[tuple[int, Batch]]) -> bool:
         """Take a batch (and what merges with it), deliver, acknowledge. False: stop."""
-        if carry:
+        if carry:  # what did not merge with this worker's last run starts its next one
             token, batch = carry.pop()
-        else:
-            if self._should_stop():
-                return False
-            self._idle.add(me)
-            try:
-                token, batch = await self.queue.get()
-            finally:
-                self._idle.discard(me)
-            self._in_hand_items += batch.items
-        # Merge what is already queued for the same signal and tenant. What does not merge
-        # starts the next run.
-        run = Run(token, batch, self.config.batch_max_bytes)
-        self._gather(run, carry)
-        if not carry and run.size < LINGER_BELOW_BYTES and self.config.batch_linger > 0:
-            # A small export waits a moment for more small requests to ride along: one export
-            # of many costs a fraction of many exports (gzip, a request to the backend). The
-            # clients were answered when their requests were queued: this delays delivery,
-            # never an acknowledgement.
-            await asyncio.sleep(self.config.batch_linger)
+            run = Run(token, batch, self.config.batch_max_bytes)
             self._gather(run, carry)
+        else:
+            # One run forms at a time (deliveries overlap): what arrives while it lingers joins
+            # it, instead of starting a run in each idle worker (4 small exports where 1 would
+            # do). Never with a carried batch in hand: that waits for nothing.
+            async with self._forming:
+                if self._should_stop():
+                    return False
+                self._idle.add(me)
+                try:
+                    token, batch = await self.queue.get()
+                finally:
+                    self._idle.discard(me)
+                self._in_hand_items += batch.items
+                # Merge what is already queued for the same signal and tenant. What does not
+                # merge starts the next run.
+                run = Run(token, batch, self.config.batch_max_bytes)
+                self._gather(run, carry)
+                if not carry and run.size < LINGER_BELOW_BYTES and self.config.batch_linger > 0:
+                    # A small export waits a moment for more small requests to ride along: one
+                    # export of many costs a fraction of many exports (gzip, a request to the
+                    # backend). The clients were answered when their requests were queued:
+                    # this delays delivery, never an acknowledgement.
+                    await asyncio.sleep(self.config.batch_linger)
+                    self._gather(run, carry)
         try:
             await self._deliver_parts(run.parts)
         except Exception as exc:

@@ -4,6 +4,7 @@ every refusal. Intake counts and logs what comes in, so every transport is count
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable, Mapping
 
@@ -74,17 +75,44 @@ def not_a_request(signal: Signal, what: str, exc: Exception) -> InvalidRequest:
 
 
 class _Counts:
-    """The counters of one (tenant, signal, transport), looked up once, not per request."""
+    """The counters of one (tenant, signal, transport), looked up once, not per request. What
+    requests add is summed in plain integers and handed to the counters once per turn of the
+    event loop (five locked increments a request were ~7% of a 1-span request's CPU); /metrics
+    is read in a later turn, so it never misses any."""
 
-    __slots__ = ("accepted", "accepted_bytes", "accepted_items", "received_bytes", "received_items")
+    __slots__ = (
+        "accepted",
+        "accepted_bytes",
+        "accepted_items",
+        "pending",
+        "received_bytes",
+        "received_items",
+    )
 
     def __init__(self, tenant: str, signal: str, transport: str) -> None:
         labels = (tenant, signal, transport)
         self.received_items: Counter = metrics.RECEIVED_ITEMS.labels(*labels)
         self.received_bytes: Counter = metrics.RECEIVED_BYTES.labels(*labels)
         self.accepted_items: Counter = metrics.ACCEPTED_ITEMS.labels(*labels)
-        self.accepted_bytes: Counter = metrics.ACCEPTED_BYTES.labels(*labels)
         self.accepted: Counter = metrics.REQUESTS.labels(*labels, "accepted")
+        self.accepted_bytes: Counter = metrics.ACCEPTED_BYTES.labels(*labels)
+        # received items, received bytes, accepted requests, accepted items, accepted bytes
+        self.pending: list[int] | None = None  # None: nothing to hand over
+
+    def flush(self) -> None:
+        pending, self.pending = self.pending, None
+        if pending is None:
+            return
+        counters = (
+            self.received_items,
+            self.received_bytes,
+            self.accepted,
+            self.accepted_items,
+            self.accepted_bytes,
+        )
+        for counter, amount in zip(counters, pending, strict=True):
+            if amount:
+                counter.inc(amount)
 
 
 class Intake:
@@ -107,6 +135,7 @@ class Intake:
         # the tail's analysis thread is RED's too (gateway/analysis/background.py)
         self.tail = tail if tail is not None else TailHub()
         self._counts: dict[tuple[str, str, str], _Counts] = {}
+        self._unflushed: list[_Counts] = []  # counts with a pending sum, flushed once per turn
 
     def admit(
         self,
@@ -142,14 +171,30 @@ class Intake:
             counts = self._counts[key] = _Counts(tenant, signal, transport)
         return counts
 
+    def _pending(self, counts: _Counts) -> list[int]:
+        """The sums `counts` collects this turn of the event loop."""
+        pending = counts.pending
+        if pending is None:
+            pending = counts.pending = [0, 0, 0, 0, 0]
+            if not self._unflushed:
+                asyncio.get_running_loop().call_soon(self._flush)
+            self._unflushed.append(counts)
+        return pending
+
+    def _flush(self) -> None:
+        unflushed, self._unflushed = self._unflushed, []
+        for counts in unflushed:
+            counts.flush()
+
     async def accept(
         self, signal: Signal, payload: bytes, items: int, tenant: Tenant, transport: str
     ) -> None:
         """Hand a request to the pipeline; raises a GatewayError when it cannot be taken."""
         name = tenant.name
         counts = self._counters(name, signal.name, transport)
-        counts.received_items.inc(items)
-        counts.received_bytes.inc(len(payload))
+        sums = self._pending(counts)
+        sums[0] += items
+        sums[1] += len(payload)
         try:
             if self.validation.wanted(name):
                 await self._validate(signal, payload)
@@ -165,9 +210,10 @@ class Intake:
             raise
         # Queued: from here on nothing may fail the request (a client retry would duplicate
         # what is queued). RED metrics and the tail decode on a worker thread, later.
-        counts.accepted.inc()
-        counts.accepted_items.inc(kept)
-        counts.accepted_bytes.inc(len(forwarded))
+        sums = self._pending(counts)  # again: a turn may have ended while this waited
+        sums[2] += 1
+        sums[3] += kept
+        sums[4] += len(forwarded)
         if signal is TRACES and kept:
             try:
                 if tenant.red is not None:

@@ -336,6 +336,19 @@ def _path_names(signal: Signal) -> tuple[tuple[str, ...], ...]:
 def _count_levels(message: Message, levels: tuple[tuple[str, ...], ...]) -> int:
     """Items below `message`, level by level (a loop, not a call per message: a 1-span request
     is counted in ~1 us instead of ~3)."""
+    if len(levels) == 3 and len(levels[0]) == 1 and len(levels[1]) == 1 and len(levels[2]) == 1:
+        # traces and logs (request -> resource entries -> scope entries -> items): nested loops,
+        # without the lists of each level (~1.2 us instead of ~2.5 for a small request)
+        (outer,), (inner,), (leaf,) = levels
+        total = seen = 0
+        for entry in getattr(message, outer):
+            scopes = getattr(entry, inner)
+            seen += 1 + len(scopes)
+            if seen > MAX_CONTAINERS:
+                raise WireError(_TOO_MANY_CONTAINERS)
+            for scope in scopes:
+                total += len(getattr(scope, leaf))
+        return total
     containers = [message]
     budget = MAX_CONTAINERS
     for names in levels[:-1]:
