@@ -20,8 +20,10 @@ from gateway import __version__
 from gateway.admin.app import AdminAPI, admin_app
 from gateway.admin.health import GrpcHealth, Readiness
 from gateway.analysis.background import span_analysis
+from gateway.analysis.red_export import RedExport
 from gateway.analysis.tail import TailHub
 from gateway.config import DEFAULT_TENANT, GatewayConfig, Runtime
+from gateway.delivery.batch import Batch
 from gateway.delivery.pipeline import Pipeline
 from gateway.ingress.connect import RPCService
 from gateway.ingress.early import EarlyRefusal
@@ -33,11 +35,13 @@ from gateway.ingress.lane import OTLPLane
 from gateway.ingress.limits import InFlight
 from gateway.ingress.notfound import NotFound
 from gateway.otlp import offload
-from gateway.otlp.signals import SIGNALS
+from gateway.otlp.signals import METRICS, SIGNALS
 from gateway.otlp.validate import Validation
 from gateway.reload import Reloader
 from gateway.telemetry import metrics
+from gateway.telemetry.periodic import Periodic
 from gateway.telemetry.recent import RecentErrors
+from gateway.telemetry.self_telemetry import SelfTelemetry
 from gateway.tenancy.tenants import TenantRegistry
 
 log = logging.getLogger("otlp_gateway")
@@ -115,6 +119,15 @@ def create_app(config: GatewayConfig, runtime: Runtime) -> GatewayApp:
     pipeline.on_invalid = validation.suspect
     intake = Intake(TenantRegistry(config), pipeline, tail, validation, recent)
     reloader = Reloader(config, intake, pipeline, runtime, recent)
+
+    # Metrics the gateway makes (tenants' RED metrics, its own) go through the pipeline as
+    # batches of metrics, like any accepted request.
+    async def submit_metrics(tenant: str, payload: bytes, items: int, to: tuple[str, ...]) -> None:
+        await pipeline.submit(Batch(METRICS, payload, items, tenant), to)
+
+    red_export = RedExport(lambda: intake.registry.tenants.values(), submit_metrics)
+    own = SelfTelemetry(lambda: reloader.config.self_telemetry, submit_metrics, runtime.worker)
+    exports = [Periodic("red-export", red_export.tick), Periodic("self-telemetry", own.tick)]
     readiness = Readiness(pipeline.problems, pipeline.warnings)
     metrics.set_build_info(__version__, config.server)
 
@@ -169,11 +182,15 @@ def create_app(config: GatewayConfig, runtime: Runtime) -> GatewayApp:
         else:
             log.info("%d tenants: %s", len(config.tenants), ", ".join(config.tenants))
         watcher = asyncio.get_running_loop().create_task(reloader.watch())
+        for export in exports:
+            export.start()
         try:
             yield
         finally:
             # The server has stopped taking connections and finished in-flight requests.
             watcher.cancel()
+            for export in exports:  # a last export each, which the pipeline then drains
+                await export.stop()
             await pipeline.shutdown(reloader.config.shutdown_timeout)
             analysis.close()
             offload.shutdown()

@@ -492,6 +492,97 @@ BAD_CONFIGS = {
         "retry",
         "must be a mapping",
     ),
+    "self-telemetry-unknown-backend": (
+        """
+        backends:
+          central: {protocol: http/protobuf, endpoint: "http://x:4318"}
+        self_telemetry:
+          backend: centrl
+        """,
+        "centrl",
+        "self_telemetry.backend",
+        "no backend named 'centrl'; defined backends: central",
+    ),
+    "self-telemetry-without-backend": (
+        """
+        self_telemetry:
+          interval: 15s
+        """,
+        "self_telemetry:",
+        "self_telemetry.backend",
+        "is required",
+    ),
+    "self-telemetry-bad-interval": (
+        """
+        backends:
+          central: {protocol: http/protobuf, endpoint: "http://x:4318"}
+        self_telemetry: {backend: central, interval: often}
+        """,
+        "often",
+        "self_telemetry.interval",
+        "must be a duration such as 10s, 500ms or 5m, got 'often'",
+    ),
+    "self-telemetry-interval-too-short": (
+        """
+        backends:
+          central: {protocol: http/protobuf, endpoint: "http://x:4318"}
+        self_telemetry:
+          backend: central
+          interval: 100ms
+        """,
+        "100ms",
+        "self_telemetry.interval",
+        "must be a duration of at least 1s such as 15s or 60s, got '100ms'",
+    ),
+    "self-telemetry-bad-tenant": (
+        """
+        backends:
+          central: {protocol: http/protobuf, endpoint: "http://x:4318"}
+        self_telemetry:
+          backend: central
+          tenant: "ops team"
+        """,
+        "ops team",
+        "self_telemetry.tenant",
+        "must be a name of letters, digits",
+    ),
+    "red-export-interval-too-short": (
+        """
+        tenants:
+          acme:
+            red_metrics:
+              export: true
+              export_interval: 0.5
+        """,
+        "export_interval",
+        "tenants.acme.red_metrics.export_interval",
+        "must be a duration of at least 1s",
+    ),
+    "red-export-interval-without-export": (
+        """
+        tenants:
+          acme:
+            red_metrics:
+              export_interval: 15s
+        """,
+        "export_interval",
+        "tenants.acme.red_metrics.export_interval",
+        "has no effect without export: true",
+    ),
+    "red-export-without-a-metrics-route": (
+        """
+        backends:
+          tempo: {protocol: grpc, endpoint: "http://tempo:4317"}
+        tenants:
+          acme:
+            signal_backends: {traces: [tempo]}
+            red_metrics:
+              export: true
+        """,
+        "export: true",
+        "tenants.acme.red_metrics.export",
+        "tenant acme's metrics go to no backend, so its RED metrics would go nowhere",
+    ),
 }
 
 
@@ -738,6 +829,33 @@ def test_a_backend_routed_by_a_tenant_only_is_used(
     assert loaded.warnings == (config.warnings[0].replace("gw.yaml", str(path)),)
     assert [r.getMessage() for r in caplog.records] == [f"config warning: {loaded.warnings[0]}"]
     assert parse(EXAMPLE, env={"CENTRAL_TOKEN": "x"}).warnings == ()
+
+
+def test_red_export_and_self_telemetry() -> None:
+    config = parse(
+        _yaml(
+            """
+            backends:
+              central: {protocol: http/protobuf, endpoint: "http://lgtm:4318"}
+              ops: {protocol: http/protobuf, endpoint: "http://ops:4318"}
+            service_backends: [central]
+            self_telemetry: {backend: ops}
+            tenants:
+              acme: {red_metrics: {export: true, export_interval: 15s}}
+              globex: {red_metrics: true}
+            """
+        ),
+        "gw.yaml",
+        env={},
+    )
+    assert config.warnings == ()  # ops is used: the gateway's own metrics go there
+    assert config.self_telemetry is not None
+    assert (config.self_telemetry.interval, config.self_telemetry.tenant) == (60.0, "otlp-gateway")
+    assert config.tenants is not None
+    acme, globex = config.tenants["acme"].red_metrics, config.tenants["globex"].red_metrics
+    assert acme is not None and (acme.export, acme.export_interval) == (True, 15.0)
+    assert globex is not None and (globex.export, globex.export_interval) == (False, 60.0)
+    assert parse("", env={}).self_telemetry is None
 
 
 def test_the_embedded_default_routes_to_its_file_backend(tmp_path: Path) -> None:

@@ -212,6 +212,10 @@ class RedConfig:
     span_kinds: tuple[str, ...] = field(default=(), metadata=one_of(*_SPAN_KINDS))  # (): every kind
     # (service, span name) pairs per tenant; more count as "_other_"
     max_series: int = field(default=1000, metadata=at_least(1))
+    # also send them as OTLP metrics to the tenant's metrics backends (gateway/analysis/
+    # red_export.py); off by default: it adds series to those backends
+    export: bool = False
+    export_interval: float = field(default=60.0, metadata=DURATION)  # MIN_EXPORT_INTERVAL or more
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +266,23 @@ class LogConfig:
     level: str = field(default="info", metadata=one_of("debug", "info", "warning", "error"))
 
 
+# The shortest interval of the periodic OTLP metric exports (red_metrics, self_telemetry).
+MIN_EXPORT_INTERVAL = 1.0
+SELF_TELEMETRY_TENANT = "otlp-gateway"
+
+
+@dataclass(frozen=True, slots=True)
+class SelfTelemetryConfig:
+    """The gateway's own metrics (those of /metrics) sent as OTLP to one backend, every
+    `interval` (gateway/telemetry/self_telemetry.py)."""
+
+    backend: str  # a defined backend
+    interval: float = field(default=60.0, metadata=DURATION)  # MIN_EXPORT_INTERVAL or more
+    # What `{tenant}` in the backend's headers stands for (and its queue's and delivery metrics'
+    # tenant): the gateway is none of the tenants.
+    tenant: str = SELF_TELEMETRY_TENANT
+
+
 @dataclass(frozen=True, slots=True)
 class GatewayConfig:
     listen: tuple[str, ...] = DEFAULT_LISTEN  # at least one host:port
@@ -286,6 +307,8 @@ class GatewayConfig:
     workers: int = field(default=1, metadata=at_least(1))
     # whose requests get every item decoded before they are acknowledged (gateway/otlp/validate.py)
     validate: str = field(default="auto", metadata=one_of(*VALIDATE_MODES))
+    # None: the gateway's own metrics are on /metrics only
+    self_telemetry: SelfTelemetryConfig | None = field(default=None, metadata=BY_HAND)
 
 
 # -- what is not configuration: where it came from, and how this process serves it --

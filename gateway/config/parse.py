@@ -20,6 +20,7 @@ from gateway.config.model import (
     DURABLE_QUEUE_BYTES,
     KEY_PREFIX,
     MEMORY_QUEUE_BYTES,
+    MIN_EXPORT_INTERVAL,
     SIGNAL_NAMES,
     AdminConfig,
     BackendConfig,
@@ -31,6 +32,7 @@ from gateway.config.model import (
     LoadedConfig,
     QueueConfig,
     RedConfig,
+    SelfTelemetryConfig,
     ServerTLS,
     TenantConfig,
     address_problem,
@@ -210,7 +212,61 @@ def _red(t: _Section[TenantConfig]) -> RedConfig | None:
         return None
     if value is True:
         return RedConfig()
-    return t.section("red_metrics", RedConfig).read()
+    section = t.section("red_metrics", RedConfig)
+    red = section.read()
+    _check_interval(section, "export_interval", red.export_interval)
+    if "export_interval" in section.data and not red.export:
+        raise section.error(
+            "export_interval", "has no effect without export: true; add it, or remove this key"
+        )
+    return red
+
+
+def _check_interval(section: _Section[Any], key: str, seconds: float) -> None:
+    if seconds < MIN_EXPORT_INTERVAL:
+        raise section.error(
+            key,
+            f"must be a duration of at least {MIN_EXPORT_INTERVAL:g}s such as 15s or 60s, "
+            f"got {section.data[key]!r}",
+        )
+
+
+def _check_red_exports(
+    ts: _Section[Any], service_backends: tuple[str, ...], tenants: Mapping[str, TenantConfig]
+) -> None:
+    """A tenant whose RED metrics are exported needs a backend its metrics go to."""
+    for name, tenant in tenants.items():
+        if tenant.red_metrics is None or not tenant.red_metrics.export:
+            continue
+        if not (service_backends + tenant.backends + tenant.signal_backends.get("metrics", ())):
+            raise ts.doc.error(
+                f"{ts._p(name)}.red_metrics.export",
+                f"tenant {name}'s metrics go to no backend, so its RED metrics would go nowhere; "
+                "name one in service_backends, the tenant's backends or signal_backends.metrics",
+            )
+
+
+def _self_telemetry(
+    top: _Section[Any], backends: Mapping[str, BackendConfig]
+) -> SelfTelemetryConfig | None:
+    if top.data.get("self_telemetry") is None:
+        return None
+    s = top.section("self_telemetry", SelfTelemetryConfig)
+    backend: str = s.get("backend")
+    if backend not in backends:
+        raise s.error(
+            "backend",
+            f"no backend named {backend!r}; defined backends: {', '.join(backends) or 'none'}",
+        )
+    tenant: str = s.get("tenant")
+    if not _TENANT_NAME.match(tenant):
+        raise s.error(
+            "tenant",
+            f"must be a name of letters, digits, '.', '_' and '-' (at most 63); got {tenant!r}",
+        )
+    config = s.read(backend=backend, tenant=tenant)
+    _check_interval(s, "interval", config.interval)
+    return config
 
 
 def _admin(top: _Section[Any], listen: tuple[str, ...]) -> AdminConfig:
@@ -319,7 +375,11 @@ def parse(
         ts = top.mapping("tenants")
         seen: dict[str, str] = {}
         tenants = {name: _tenant(ts, name, backends, seen) for name in ts.data}
+        _check_red_exports(ts, service_backends, tenants)
+    self_telemetry = _self_telemetry(top, backends)
     routed = _routed(service_backends, tenants)
+    if self_telemetry is not None:
+        routed.add(self_telemetry.backend)  # used: no warning (data must still go somewhere)
     return top.read(
         listen=listen,
         limits=limits,
@@ -330,6 +390,7 @@ def parse(
         queue=queue,
         drop=_drop_rules(top, "drop"),
         admin=_admin(top, listen),
+        self_telemetry=self_telemetry,
         origin=ConfigSource(source),
         warnings=_unrouted(backends_section, backends, routed),
     )

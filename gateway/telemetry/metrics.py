@@ -190,11 +190,13 @@ RED_SPANS = Counter(
     ["tenant", "service", "span_name", "error"],
     registry=REGISTRY,
 )
+# seconds; the OTLP export of RED metrics (gateway/analysis/red_export.py) uses the same bounds
+RED_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 RED_SECONDS = Histogram(
     _P + "red_span_duration_seconds",
     "Span durations by tenant, service and span name (opt-in per tenant).",
     ["tenant", "service", "span_name"],
-    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    buckets=RED_BUCKETS,
     registry=REGISTRY,
 )
 
