@@ -48,6 +48,15 @@ Key = tuple[str, str | None]
 LINGER_BELOW_BYTES = 64 * 1024  # (backend, tenant when the backend's headers name the tenant)
 
 
+def queue_full(backend: str) -> Throttled:
+    """The refusal of a request the queue of `backend` has no room for."""
+    return Throttled(
+        f"the queue for backend {backend} is full; retry after {FULL_QUEUE_RETRY_AFTER:.0f}s",
+        retry_after=FULL_QUEUE_RETRY_AFTER,
+        reason="queue_full",
+    )
+
+
 def _dir_name(backend: str, tenant: str | None) -> str:
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", backend)
     return safe if tenant is None else f"{safe}@{tenant}"
@@ -552,6 +561,16 @@ class Pipeline:
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
 
+    def full(self, targets: Iterable[str], tenant: str, size: int) -> str | None:
+        """The backend among `targets` whose queue has no room for `size` more bytes now, if
+        any: lets a request that submit() would refuse be refused from its head, before its body
+        is read and decoded (what overload costs). submit() checks again."""
+        for name in targets:
+            d = self.destinations.get((name, tenant if name in self._per_tenant else None))
+            if d is not None and not d.queue.has_room(size):
+                return d.name
+        return None
+
     async def submit(self, batch: Batch, targets: Iterable[str]) -> None:
         """Accept a batch for delivery to the named backends, or raise Throttled/Unavailable
         (both retryable). Returns once the batch is in every queue (on disk, when durable)."""
@@ -570,12 +589,7 @@ class Pipeline:
         # No await from here until every queue has the batch: the room checked is the room used.
         for d in destinations:
             if not d.queue.has_room(size):
-                raise Throttled(
-                    f"the queue for backend {d.name} is full; retry after "
-                    f"{FULL_QUEUE_RETRY_AFTER:.0f}s",
-                    retry_after=FULL_QUEUE_RETRY_AFTER,
-                    reason="queue_full",
-                )
+                raise queue_full(d.name)
         durable = []
         try:
             for d in destinations:

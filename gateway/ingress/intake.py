@@ -13,7 +13,7 @@ from prometheus_client import Counter
 from gateway.analysis import background
 from gateway.analysis.tail import TailHub
 from gateway.delivery.batch import Batch
-from gateway.delivery.pipeline import Pipeline
+from gateway.delivery.pipeline import Pipeline, queue_full
 from gateway.errors import GatewayError, InvalidRequest, Throttled, Unavailable
 from gateway.ingress import limits
 from gateway.ingress.guard import LogThrottle
@@ -162,6 +162,14 @@ class Intake:
                 raise busy
             if charge:
                 inflight.charge_to(tenant.name)
+        # A queue with no room for the body refuses it now, before it is read and decoded.
+        length = headers.get("content-length", "")
+        if length.isdigit():
+            backend = self._pipeline.full(tenant.routes[signal.name], tenant.name, int(length))
+            if backend is not None:
+                full = queue_full(backend)
+                full.tenant = tenant.name
+                raise full
         return tenant
 
     def _counters(self, tenant: str, signal: str, transport: str) -> _Counts:
