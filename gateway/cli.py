@@ -11,6 +11,7 @@ import shutil
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import quote
 
 from gateway import config as config_mod
 from gateway.admin import console as console_mod
@@ -92,9 +93,11 @@ def banner(
     *,
     command: str = PROG,
     data_dir: str = DEFAULT_DATA_DIR,
+    admin_key: str | None = None,
 ) -> str:
     """What `serve` prints once it listens; with the embedded default (`dev_key`), also the
-    commands that read its admin API, as `command` runs them from here."""
+    commands that read its admin API, as `command` runs them from here. With `admin_key`, the
+    status page's link carries it (`#key=`: the page takes it, the server never sees it)."""
     from gateway import __version__
 
     grpc_addr = next((a for a in config.listen if a.endswith(":4317")), config.listen[0])
@@ -117,7 +120,8 @@ def banner(
         )
     if config.admin.listen is not None:
         admin = _url(config, config.admin.listen).replace("https://", "http://")
-        text += f"\nStatus page and admin API: {admin}/  (metrics: {admin}/metrics)\n"
+        page = f"{admin}/" if admin_key is None else f"{admin}/#key={quote(admin_key, safe='')}"
+        text += f"\nStatus page and admin API: {page}  (metrics: {admin}/metrics)\n"
         if dev_key is not None:
             where = ""  # what the commands need to find this gateway, past their defaults
             if admin != console_mod.DEFAULT_ADMIN_URL:
@@ -344,7 +348,7 @@ def _main(argv: list[str] | None) -> int:
             return console_mod.status(args.admin, key)
         return console_mod.tail(args.admin, key, args.tenant, args.service, limit=args.limit)
 
-    dev_key = None
+    dev_key = admin_key = None
     try:
         if args.config:
             config = config_mod.load(args.config)
@@ -382,7 +386,12 @@ def _main(argv: list[str] | None) -> int:
     level = args.log_level or config.log.level
     log_format = args.log_format or config.log.format
     logs.setup(level, log_format)
-    text = banner(config, dev_key, command=command_prefix(), data_dir=args.data_dir)
+    # the embedded default's admin key in the status page's link, on a terminal only: never in
+    # a log line
+    in_link = admin_key if log_format != "json" else None
+    text = banner(
+        config, dev_key, command=command_prefix(), data_dir=args.data_dir, admin_key=in_link
+    )
 
     def say_listening() -> None:  # once every listener is bound: the banner says so
         if log_format == "json":  # every line a JSON object, the banner too

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import grpc
 import httpx
@@ -858,7 +859,8 @@ def test_embedded_default_serves_admin_with_its_own_key(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         out, _ = proc.communicate(timeout=30)
-    assert f"Status page and admin API: {url}/" in out
+    # one link opens the status page with its key (a fragment: the server never sees it)
+    assert f"Status page and admin API: {url}/#key={quote(key, safe='')}  " in out
 
 
 def _get(url: str) -> int:

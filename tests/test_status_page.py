@@ -1,17 +1,18 @@
 """The status page in a real headless Chromium (Debian's `chromium`, driven by Playwright): the
-page served by the admin listener, the admin key entered, a tenant's live tail showing spans sent
-during the test (checked in the DOM and in a screenshot), and the backends, tenants and errors
-tables filled from the admin API.
+page served by the admin listener, the admin key entered (or taken from `#key=` in the address),
+a tenant's live tail showing spans sent during the test (checked in the DOM and in a screenshot),
+the backends, tenants and errors tables filled from the admin API, the charts drawn from the
+history the gateway keeps (GET /api/history) and a refused reload's reason shown whole.
 
-`UPDATE_SCREENSHOT=1 uv run --frozen pytest tests/test_status_page.py` also writes the screenshot
-to docs/status-page.png, the one the README shows."""
+docs/status-page.png, the screenshot the README shows, is made by scripts/status_page_shot.py."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import secrets
-import shutil
+import signal
 import struct
 import time
 import zlib
@@ -19,16 +20,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
+import yaml
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from gateway.admin.history import INTERVAL_ENV, History
 from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
-from tests.support.peers import ROOT, Gateway, Sink, free_port, run_gateway, wait_for_port
+from tests.support.peers import Gateway, Sink, free_port, run_gateway, wait_for_port
 
-SCREENSHOT = ROOT / "docs" / "status-page.png"
 TIMEOUT_MS = 15_000
+HISTORY_INTERVAL = 0.5  # seconds between two points of the charts (5 by default)
 
 ADMIN_KEY = "status-page-" + secrets.token_hex(8)
 KEYS = {"acme": "acme-" + secrets.token_hex(8), "globex": "globex-" + secrets.token_hex(8)}
@@ -166,6 +170,7 @@ class Setup:
     gw: Gateway
     sink: Sink
     admin_url: str
+    config_path: Path  # the file the gateway reloads
 
 
 @pytest.fixture
@@ -194,9 +199,10 @@ def gateway(tmp_path: Path, sink: Sink) -> Iterator[Setup]:
         "shutdown_timeout": "1s",  # the unreachable backend's queue need not drain at the end
         "admin": {"listen": f"127.0.0.1:{admin_port}", "api_key": ADMIN_KEY},
     }
-    with run_gateway(tmp_path, config) as gw:
+    with run_gateway(tmp_path, config, env={INTERVAL_ENV: str(HISTORY_INTERVAL)}) as gw:
         wait_for_port(admin_port)
-        yield Setup(gw, sink, f"http://127.0.0.1:{admin_port}")
+        path = tmp_path / f"gateway-{gw.grpc_port}.yaml"  # as run_gateway names it
+        yield Setup(gw, sink, f"http://127.0.0.1:{admin_port}", path)
 
 
 @pytest.fixture
@@ -234,9 +240,7 @@ def wait_tail_live(page: Page, gw: Gateway, key: str) -> None:
     expect(page.locator("#tail tbody tr")).to_have_count(0)
 
 
-def test_status_page_shows_live_tail_and_backends(
-    gateway: Setup, page: Page, tmp_path: Path
-) -> None:
+def test_status_page_shows_live_tail_and_backends(gateway: Setup, page: Page) -> None:
     gw = gateway.gw
     page.goto(gateway.admin_url + "/")
     expect(page).to_have_title("otlp-gateway status")
@@ -299,15 +303,10 @@ def test_status_page_shows_live_tail_and_backends(
     tail_shot = page.locator("#tail").screenshot()
     empty_h, full_h = png_size(empty_tail)[1], png_size(tail_shot)[1]
     assert full_h >= empty_h + 20 * len(ACME_SPANS), (empty_h, full_h)
-    shot = tmp_path / "status-page.png"
-    page.screenshot(path=str(shot), full_page=True, animations="disabled")
-    data = shot.read_bytes()
+    data = page.screenshot(full_page=True, animations="disabled")
     width, height = png_size(data)
     assert width == 1280 and height >= 600, (width, height)
     assert len(data) > 20_000 and png_distinct_bytes(data) > 64, "the screenshot looks blank"
-    if os.environ.get("UPDATE_SCREENSHOT") == "1":
-        SCREENSHOT.parent.mkdir(exist_ok=True)
-        shutil.copyfile(shot, SCREENSHOT)
 
     # A reload keeps the key and the chosen tenant for the tab (sessionStorage).
     page.reload()
@@ -322,3 +321,143 @@ def test_status_page_shows_live_tail_and_backends(
     assert send(gw, KEYS["acme"], ACME_SPANS[:1]).status_code == 200
     assert send(gw, KEYS["globex"], GLOBEX_SPANS).status_code == 200
     expect(page.locator("#tail tbody td.span-name")).to_have_text(["POST /invoices"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Charts, the key in the address, reload reasons
+
+
+def chart_line(page: Page, chart: str, series: str) -> Any:
+    return page.locator(f'#charts [data-chart="{chart}"] path[data-series="{series}"]')
+
+
+def wait_value(page: Page, selector: str, attribute: str, above: float) -> None:
+    """Wait until the attribute of the element, as a number, is above `above`."""
+    page.wait_for_function(
+        "([sel, attr, above]) => { const e = document.querySelector(sel);"
+        " return e !== null && Number(e.getAttribute(attr)) > above; }",
+        arg=[selector, attribute, above],
+    )
+
+
+def test_status_page_charts_and_key_from_the_address(gateway: Setup, page: Page) -> None:
+    gw = gateway.gw
+    for s in ACME_SPANS:
+        assert send(gw, KEYS["acme"], [s]).status_code == 200
+    assert send(gw, KEYS["globex"], GLOBEX_SPANS * 3).status_code == 200
+    refused = httpx.post(  # globex may not send metrics
+        f"{gw.http_endpoint}/v1/metrics",
+        json={"resourceMetrics": []},
+        headers={"authorization": f"Bearer {KEYS['globex']}"},
+        timeout=10,
+    )
+    assert refused.status_code == 403
+
+    # The history is behind the admin key, like the rest of the API.
+    history_url = gateway.admin_url + "/api/history"
+    denied = httpx.get(history_url, timeout=10)
+    assert denied.status_code == 401 and denied.json()["code"] == "unauthenticated"
+    ok = httpx.get(history_url, headers={"authorization": f"Bearer {ADMIN_KEY}"}, timeout=10)
+    assert ok.status_code == 200, ok.text
+    body = ok.json()
+    assert body["interval_seconds"] == HISTORY_INTERVAL and body["points"] == 180
+    assert list(body["tenants"]) == ["acme", "globex", "unknown"]  # unknown: the 401 above
+    assert set(body["tenants"]["acme"]) == {"accepted_items", "refused_items", "refused_requests"}
+    assert list(body["tenants"]["unknown"]) == ["refused_requests"]  # no key, no items
+    assert list(body["backends"]) == ["central", "globex-tempo"]
+    assert all(len(v) == len(body["times"]) for v in body["backends"]["central"].values())
+
+    # The page takes the key from the fragment and removes it from the address.
+    entries = page.evaluate("history.length")
+    page.goto(gateway.admin_url + "/#key=" + quote(ADMIN_KEY, safe=""))
+    expect(page.locator("#conn")).to_have_attribute("data-state", "ok")
+    assert page.url == gateway.admin_url + "/"
+    assert page.evaluate("location.hash") == ""
+    assert page.evaluate("history.length") == entries + 1  # the entry replaced, none added
+    expect(page.locator("#admin-key")).to_have_value(ADMIN_KEY)
+
+    # A line per tenant and per backend, each showing what was sent.
+    for chart in ("accepted_items", "refused_items", "refused_requests"):
+        for tenant in ("acme", "globex"):
+            expect(chart_line(page, chart, tenant)).to_have_count(1)
+    for chart in ("exported_items", "queue_bytes"):
+        for backend in ("central", "globex-tempo"):
+            expect(chart_line(page, chart, backend)).to_have_count(1)
+    expect(chart_line(page, "refused_requests", "unknown")).to_have_count(1)  # the 401
+    expect(chart_line(page, "accepted_items", "unknown")).to_have_count(0)
+    line = '#charts [data-chart="{}"] path[data-series="{}"]'.format
+    wait_value(page, line("accepted_items", "acme"), "data-max", 0)
+    wait_value(page, line("accepted_items", "globex"), "data-max", 0)
+    wait_value(page, line("refused_requests", "globex"), "data-max", 0)
+    wait_value(page, line("exported_items", "central"), "data-max", 0)
+    wait_value(page, line("queue_bytes", "globex-tempo"), "data-max", 0)  # nothing takes them
+    expect(chart_line(page, "accepted_items", "acme")).to_have_attribute("stroke", re.compile("#"))
+    legend = page.locator('#charts [data-chart="accepted_items"] .legend li[data-series="acme"]')
+    expect(legend).to_contain_text("acme")
+
+    # Live: the charts take the gateway's new points by themselves.
+    samples = int(page.locator("#charts").get_attribute("data-samples") or 0)
+    points = int(chart_line(page, "accepted_items", "acme").get_attribute("data-points") or 0)
+    assert samples >= 1 and points >= 1
+    wait_value(page, "#charts", "data-samples", samples)
+    wait_value(page, line("accepted_items", "acme"), "data-points", points)
+
+    # Pointing at a chart shows the values at that time in its legend.
+    page.hover('#charts [data-chart="accepted_items"] svg')
+    expect(page.locator('#charts [data-chart="accepted_items"] .legend')).to_contain_text("at ")
+
+    # A reload does not ask for the key again: it is kept for the tab, not put back in the address.
+    page.reload()
+    expect(page.locator("#conn")).to_have_attribute("data-state", "ok")
+    assert page.url == gateway.admin_url + "/"
+
+
+def test_refused_reload_reason_is_shown_whole(gateway: Setup, page: Page) -> None:
+    # A config naming a backend that does not exist: refused, with a long reason.
+    missing = "tempo-" + "-".join(["eu-west-1-behind-the-corporate-proxy"] * 4)
+    broken = yaml.safe_load(gateway.config_path.read_text())
+    broken["tenants"]["acme"]["backends"] = [missing]
+    gateway.config_path.write_text(yaml.safe_dump(broken))
+    gateway.gw.proc.send_signal(signal.SIGHUP)
+
+    page.goto(gateway.admin_url + "/#key=" + quote(ADMIN_KEY, safe=""))
+    reason = page.locator('#errors tbody tr[data-kind="reload"] td.message > div').last
+    expect(reason).to_contain_text(f"no backend named '{missing}'")
+    expect(reason).to_contain_text("defined backends: central, globex-tempo")
+    # Whole: nothing of it is cut off (it is taller than the two lines other messages get).
+    box = reason.evaluate(
+        "e => ({scroll: e.scrollHeight, client: e.clientHeight,"
+        " lines: e.clientHeight / parseFloat(getComputedStyle(e).lineHeight)})"
+    )
+    assert box["scroll"] <= box["client"] + 1, box
+    assert box["lines"] > 2.5, box
+
+
+def test_history_rates_and_bounds() -> None:
+    """The sampler alone: rates from counter totals, levels as read, a new series empty before it
+    appeared, a removed one dropped, and no more points than its ring holds."""
+    readings: dict[tuple[str, str, str], float] = {}
+    history = History(lambda: dict(readings), interval=5.0, points=3)
+    readings[("tenants", "acme", "accepted_items")] = 100.0
+    readings[("backends", "central", "queue_bytes")] = 10.0
+    history.sample(wall=1000.0, mono=0.0)  # the first reading: totals only
+    assert history.snapshot()["times"] == []
+    readings[("tenants", "acme", "accepted_items")] = 150.0
+    history.sample(wall=1005.0, mono=5.0)
+    readings[("tenants", "acme", "accepted_items")] = 150.0
+    readings[("tenants", "globex", "accepted_items")] = 7.0  # a tenant added by a reload
+    readings[("backends", "central", "queue_bytes")] = 30.0
+    history.sample(wall=1010.0, mono=10.0)
+    snap = history.snapshot()
+    assert snap["times"] == [1005.0, 1010.0]
+    assert snap["tenants"]["acme"]["accepted_items"] == [10.0, 0.0]
+    assert snap["tenants"]["globex"]["accepted_items"] == [None, None]  # no rate yet
+    assert snap["backends"]["central"]["queue_bytes"] == [10.0, 30.0]
+    del readings[("tenants", "acme", "accepted_items")]  # removed by a reload
+    for t in (15.0, 20.0):
+        readings[("tenants", "globex", "accepted_items")] += 10
+        history.sample(wall=1000.0 + t, mono=t)
+    snap = history.snapshot()
+    assert snap["times"] == [1010.0, 1015.0, 1020.0]
+    assert "acme" not in snap["tenants"]
+    assert snap["tenants"]["globex"]["accepted_items"] == [None, 2.0, 2.0]

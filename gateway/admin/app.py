@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
-from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
@@ -18,10 +17,10 @@ from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from connectrpc.request import RequestContext
 from google.rpc import error_details_pb2
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
@@ -29,6 +28,7 @@ from starlette.types import Receive, Scope, Send
 from gateway._gen.otlp_gateway.admin.v1 import admin_pb2 as pb
 from gateway._gen.otlp_gateway.admin.v1.admin_connect import AdminServiceASGIApplication
 from gateway.admin.health import GrpcHealth, HealthzEndpoint, Readiness, ReadyzEndpoint
+from gateway.admin.history import History, gateway_readings, interval_from_env, sum_by
 from gateway.analysis.tail import TailHub
 from gateway.config import KEY_PREFIX, GatewayConfig
 from gateway.delivery.pipeline import Pipeline
@@ -63,9 +63,7 @@ def _peer_address(client: str | None) -> str:
     return host.strip("[]")
 
 
-def _locked_out(ctx: RequestContext[Any, Any], wait: float) -> ConnectError:
-    seconds = retry_after(wait)
-    ctx.response_headers()["retry-after"] = str(seconds)
+def _locked_out(seconds: int) -> ConnectError:
     info = error_details_pb2.RetryInfo()
     info.retry_delay.FromTimedelta(timedelta(seconds=seconds))
     return ConnectError(
@@ -76,15 +74,20 @@ def _locked_out(ctx: RequestContext[Any, Any], wait: float) -> ConnectError:
     )
 
 
-def _sum_by(counter: Counter, label: str, **match: str) -> dict[str, float]:
-    totals: dict[str, float] = defaultdict(float)
-    for family in counter.collect():
-        for sample in family.samples:
-            if not sample.name.endswith("_total"):
-                continue
-            if all(sample.labels.get(k) == v for k, v in match.items()):
-                totals[sample.labels[label]] += sample.value
-    return totals
+@dataclasses.dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why an admin call was refused; `retry_after` (seconds) when the peer is locked out."""
+
+    error: ConnectError
+    retry_after: int | None = None
+
+
+# The same refusals on the plain HTTP endpoints (GET /api/history), with Connect's JSON error body.
+_HTTP_STATUS = {
+    Code.UNAUTHENTICATED: 401,
+    Code.PERMISSION_DENIED: 403,
+    Code.RESOURCE_EXHAUSTED: 429,
+}
 
 
 class AdminAPI:
@@ -104,37 +107,70 @@ class AdminAPI:
         self._pipeline = pipeline
         self._tail = tail
         self._failures = FailureLimiter()
+        self.history = History(gateway_readings(intake, pipeline), interval_from_env())
 
-    def _authorize(self, ctx: RequestContext[Any, Any]) -> None:
+    def start(self) -> None:
+        """Keep the charts' history from now on, if the admin listener (its only reader) is on."""
+        if self._config().admin.listen is not None:
+            self.history.start()
+
+    async def history_endpoint(self, request: Request) -> Response:
+        """GET /api/history: the charts' points (gateway/admin/history.py), as JSON."""
+        client = request.client
+        peer = f"{client.host}:{client.port}" if client else None
+        refusal = self.check_key(request.headers.get, peer)
+        if refusal is not None:
+            e = refusal.error
+            return JSONResponse(
+                {"code": e.code.value, "message": e.message},
+                status_code=_HTTP_STATUS.get(e.code, 403),
+                headers={
+                    "cache-control": "no-store",
+                    **({"retry-after": str(refusal.retry_after)} if refusal.retry_after else {}),
+                },
+            )
+        return JSONResponse(self.history.snapshot(), headers={"cache-control": "no-store"})
+
+    def check_key(self, headers: Callable[[str], str | None], client: str | None) -> Refusal | None:
+        """None when `headers` carry the admin key; else why not. `client` is the peer's
+        "address:port": its address has one budget of wrong keys for every admin call."""
         configured = self._config().admin.api_key
         if not configured:
-            raise ConnectError(Code.PERMISSION_DENIED, NO_ADMIN_KEY)
+            return Refusal(ConnectError(Code.PERMISSION_DENIED, NO_ADMIN_KEY))
         # Guessing the key: after a few failures a peer waits, longer after each further one,
         # and its attempts meanwhile are not checked (a right key too, until the wait is over).
-        peer = _peer_address(ctx.client_address())
+        peer = _peer_address(client)
         wait = self._failures.wait(peer)
         if wait > 0:
             metrics.ADMIN_AUTH_FAILURES.labels("locked_out").inc()
-            raise _locked_out(ctx, wait)
-        headers = ctx.request_headers()
-        _, key = keys.credentials({k: headers.get(k, "") for k in ("authorization", "x-api-key")})
+            seconds = retry_after(wait)
+            return Refusal(_locked_out(seconds), seconds)
+        _, key = keys.credentials({k: headers(k) or "" for k in ("authorization", "x-api-key")})
         presented = hashlib.sha256((key or "").encode()).digest()
         if key is None or not hmac.compare_digest(presented, _admin_digest(configured)):
             metrics.ADMIN_AUTH_FAILURES.labels("unauthenticated").inc()
             self._failures.failed(peer)
-            raise ConnectError(Code.UNAUTHENTICATED, WRONG_ADMIN_KEY)
+            return Refusal(ConnectError(Code.UNAUTHENTICATED, WRONG_ADMIN_KEY))
         self._failures.succeeded(peer)
+        return None
+
+    def _authorize(self, ctx: RequestContext[Any, Any]) -> None:
+        refusal = self.check_key(ctx.request_headers().get, ctx.client_address())
+        if refusal is not None:
+            if refusal.retry_after is not None:
+                ctx.response_headers()["retry-after"] = str(refusal.retry_after)
+            raise refusal.error
 
     async def list_tenants(
         self, request: pb.ListTenantsRequest, ctx: RequestContext[Any, Any]
     ) -> pb.ListTenantsResponse:
         self._authorize(ctx)
         registry = self._intake.registry
-        accepted = _sum_by(metrics.ACCEPTED_ITEMS, "tenant")
+        accepted = sum_by(metrics.ACCEPTED_ITEMS, "tenant")
         refused = {
-            tenant: total for tenant, total in _sum_by(metrics.REQUESTS, "tenant").items() if tenant
+            tenant: total for tenant, total in sum_by(metrics.REQUESTS, "tenant").items() if tenant
         }
-        accepted_requests = _sum_by(metrics.REQUESTS, "tenant", outcome="accepted")
+        accepted_requests = sum_by(metrics.REQUESTS, "tenant", outcome="accepted")
         out = pb.ListTenantsResponse(open=registry.open)
         for name, tenant in registry.tenants.items():
             c = tenant.config
@@ -161,8 +197,8 @@ class AdminAPI:
     ) -> pb.ListBackendsResponse:
         self._authorize(ctx)
         config = self._config()
-        exported = _sum_by(metrics.EXPORTED_ITEMS, "backend")
-        dropped = _sum_by(metrics.DROPPED_ITEMS, "backend")
+        exported = sum_by(metrics.EXPORTED_ITEMS, "backend")
+        dropped = sum_by(metrics.DROPPED_ITEMS, "backend")
         readings = self._pipeline.queue_readings()
         destinations = list(self._pipeline.destinations.values())
         out = pb.ListBackendsResponse()
@@ -187,8 +223,8 @@ class AdminAPI:
                 dropped_items=int(dropped.get(name, 0)),
             )
             # a per-tenant queue's items are that tenant's; the shared queue's, every tenant's
-            exported_by = _sum_by(metrics.EXPORTED_ITEMS, "tenant", backend=name)
-            dropped_by = _sum_by(metrics.DROPPED_ITEMS, "tenant", backend=name)
+            exported_by = sum_by(metrics.EXPORTED_ITEMS, "tenant", backend=name)
+            dropped_by = sum_by(metrics.DROPPED_ITEMS, "tenant", backend=name)
             for r in readings:
                 if r.backend == name:
                     backend.queues.append(
@@ -282,12 +318,14 @@ class _Forward:
 
 def admin_app(api: AdminAPI, readiness: Readiness) -> Starlette:
     service = AdminServiceASGIApplication(api, read_max_bytes=64 * 1024)
+    api.start()
     grpc_health = GrpcHealth(readiness)
     routes = [
         Route("/metrics", _metrics, methods=["GET"]),
         Route("/healthz", HealthzEndpoint(), methods=["GET", "HEAD"]),
         Route("/readyz", ReadyzEndpoint(readiness), methods=["GET", "HEAD"]),
         Route("/", _status_page, methods=["GET"]),
+        Route("/api/history", api.history_endpoint, methods=["GET"]),
         Mount("/static", app=StaticFiles(directory=STATIC, check_dir=False)),
         Mount(service.path, app=_Forward(service)),
         Mount(grpc_health.path, app=grpc_health),

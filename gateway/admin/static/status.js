@@ -1,5 +1,7 @@
-// The gateway's status page: tables refreshed from the admin API every 2 s, and the live tail
-// of one tenant read from the server-streaming Tail call. Plain browser JavaScript, no build.
+// The gateway's status page: charts of the last minutes (GET /api/history, kept by the gateway),
+// tables refreshed from the admin API every 2 s, and the live tail of one tenant read from the
+// server-streaming Tail call. Plain browser JavaScript and SVG, no build, nothing fetched from
+// elsewhere.
 "use strict";
 
 const SERVICE = "/otlp_gateway.admin.v1.AdminService/";
@@ -19,6 +21,10 @@ const state = {
   tail: null, // {controller, tenant, service}
   tailRetry: null,
   skipped: 0,
+  history: null, // the last GET /api/history answer, drawn as charts
+  historyAt: 0, // Date.now() when it was fetched
+  hover: null, // {chart, time}: the point under the mouse, whose values its legend shows
+  resizing: 0, // requestAnimationFrame id
 };
 
 // --------------------------------------------------------------------------------------------
@@ -138,6 +144,17 @@ async function call(method) {
     throw new ApiError("unavailable", "the gateway does not answer (" + e.message + ")");
   }
   if (!response.ok) throw await errorOf(response);
+  return response.json();
+}
+
+async function getJSON(path) {
+  let response;
+  try {
+    response = await fetch(path, { headers: { Authorization: "Bearer " + state.key }, cache: "no-store" });
+  } catch (e) {
+    throw new ApiError("unavailable", "the gateway does not answer (" + e.message + ")");
+  }
+  if (!response.ok) throw await errorOf(response); // the same error body as the API's
   return response.json();
 }
 
@@ -285,12 +302,210 @@ function renderErrors(resp) {
         "td",
         { class: "message" },
         el("div", { class: "where muted", text: [e.tenant, e.backend, e.signal].filter(Boolean).join(" \u00b7 ") }),
-        el("div", { class: "clamp", title: e.message || null, text: e.message || "" }),
+        // A refused reload's reason is what the operator must fix: shown whole, wrapped.
+        e.kind === "reload"
+          ? el("div", { class: "whole", text: e.message || "" })
+          : el("div", { class: "clamp", title: e.message || null, text: e.message || "" }),
       ),
     ),
   );
   $("#errors tbody").replaceChildren(...rows);
   $("#errors-empty").hidden = rows.length > 0;
+}
+
+// --------------------------------------------------------------------------------------------
+// Charts: the gateway samples its counters every few seconds and keeps the last points
+// (gateway/admin/history.py); the page draws them as SVG and fetches them again once a new
+// point is due.
+
+const SVG_NS = "http://www.w3.org/2000/svg";
+const CHART_HEIGHT = 140;
+const PAD = { left: 46, right: 10, top: 8, bottom: 18 };
+const PALETTE = ["#2456b3", "#d9480f", "#2b8a3e", "#ae3ec9", "#0b7285", "#e67700", "#c2255c", "#5c940d", "#364fc7", "#495057"];
+const CHARTS = [
+  { series: "accepted_items", group: "tenants", title: "Accepted items/s", note: "per tenant", rate: true },
+  { series: "refused_items", group: "tenants", title: "Refused items/s", note: "read, then refused: quota, full queue", rate: true },
+  { series: "refused_requests", group: "tenants", title: "Refused requests/s", note: "every reason; unknown: no valid key", rate: true },
+  { series: "exported_items", group: "backends", title: "Exported items/s", note: "per backend", rate: true },
+  { series: "queue_bytes", group: "backends", title: "Queued bytes", note: "per backend, all its queues", rate: false },
+];
+
+const trimZero = (text) => text.replace(/\.0+$/, "");
+
+function fmtRate(v) {
+  const n = num(v);
+  if (n >= 1e6) return trimZero((n / 1e6).toFixed(n >= 1e7 ? 0 : 1)) + "M";
+  if (n >= 1e3) return trimZero((n / 1e3).toFixed(n >= 1e4 ? 0 : 1)) + "k";
+  if (n >= 10 || Number.isInteger(n)) return n.toFixed(0);
+  return n.toFixed(n >= 1 ? 1 : 2);
+}
+
+function fmtSpan(seconds) {
+  return seconds >= 120 ? Math.round(seconds / 60) + " min" : Math.round(seconds) + " s";
+}
+
+const fmtHMS = (unixSeconds) => fmtClock(unixSeconds * 1000).slice(0, 8);
+
+// The smallest of 1, 2, 2.5, 5 x 10^k at or above v: a y axis with round labels. Bytes are
+// rounded in their unit (KiB, MiB, ...), so the labels read 50 KiB, not 49 KiB.
+function niceMax(v, bytes) {
+  if (!(v > 0)) return 1;
+  const unit = bytes ? 1024 ** Math.min(4, Math.floor(Math.log(v) / Math.log(1024))) : 1;
+  const p = 10 ** Math.floor(Math.log10(v / unit));
+  const top = [1, 2, 2.5, 5, 10].map((m) => m * p).find((m) => m * unit >= v * (1 - 1e-9));
+  return bytes && top >= 1000 ? unit * 1024 : unit * top; // 1 MiB rather than 1000 KiB
+}
+
+function svg(tag, attrs, ...children) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "text") node.textContent = v;
+    else node.setAttribute(k, v);
+  }
+  node.append(...children);
+  return node;
+}
+
+function historyDue() {
+  const every = state.history ? num(state.history.interval_seconds) * 1000 : 0;
+  return Date.now() - state.historyAt >= every;
+}
+
+function clearCharts() {
+  state.history = null;
+  state.historyAt = 0;
+  state.hover = null;
+  $("#charts").replaceChildren();
+  $("#charts").dataset.samples = "0";
+  $("#charts-range").textContent = "";
+}
+
+function renderCharts(h) {
+  state.history = h;
+  const box = $("#charts");
+  const times = h.times || [];
+  box.dataset.samples = String(times.length);
+  box.dataset.newest = times.length ? String(times[times.length - 1]) : "";
+  const interval = num(h.interval_seconds);
+  $("#charts-range").textContent =
+    `last ${fmtSpan(interval * num(h.points))}, a point every ${interval < 10 ? interval : Math.round(interval)} s` +
+    (times.length ? "" : ": the first comes within " + fmtSpan(2 * interval));
+  if (box.children.length !== CHARTS.length) {
+    box.replaceChildren(
+      ...CHARTS.map((c) =>
+        el(
+          "figure",
+          { class: "chart", "data-chart": c.series },
+          el("figcaption", {}, el("span", { class: "title", text: c.title }), " ", el("span", { class: "muted", text: c.note })),
+          el("div", { class: "plot" }),
+          el("ul", { class: "legend" }),
+        ),
+      ),
+    );
+  }
+  for (const c of CHARTS) drawChart(box.querySelector(`[data-chart="${c.series}"]`), c, h);
+}
+
+function drawChart(fig, c, h) {
+  const times = h.times || [];
+  const n = times.length;
+  const group = h[c.group] || {};
+  const fmt = c.rate ? fmtRate : fmtBytes;
+  // colours follow a tenant's or backend's place in its group (backends from another part of the
+  // palette), the same in every chart; a name without this series (unknown: refused requests
+  // only) is left out
+  const offset = c.group === "backends" ? 4 : 0;
+  const lines = Object.keys(group).flatMap((name, i) => {
+    const values = group[name][c.series];
+    if (!values) return [];
+    const shown = values.filter((v) => v !== null && v !== undefined);
+    return [{ name, values, color: PALETTE[(i + offset) % PALETTE.length], max: Math.max(0, ...shown), points: shown.length }];
+  });
+  const width = Math.max(200, fig.clientWidth);
+  const plotW = width - PAD.left - PAD.right;
+  const plotH = CHART_HEIGHT - PAD.top - PAD.bottom;
+  const top = niceMax(Math.max(0, ...lines.map((l) => l.max)), !c.rate);
+  const span = n > 1 ? times[n - 1] - times[0] : 0;
+  const x = (i) => PAD.left + (span > 0 ? ((times[i] - times[0]) / span) * plotW : plotW);
+  const y = (v) => PAD.top + plotH - (v / top) * plotH;
+
+  const plot = svg("svg", { width, height: CHART_HEIGHT, viewBox: `0 0 ${width} ${CHART_HEIGHT}`, role: "img", "aria-label": c.title });
+  for (const f of [0, 0.5, 1]) {
+    const gy = y(top * f).toFixed(1);
+    plot.append(
+      svg("line", { class: "grid", x1: PAD.left, x2: width - PAD.right, y1: gy, y2: gy }),
+      svg("text", { class: "axis", x: PAD.left - 6, y: gy, "text-anchor": "end", "dominant-baseline": "middle", text: fmt(top * f) }),
+    );
+  }
+  if (n) {
+    const base = CHART_HEIGHT - 4;
+    plot.append(svg("text", { class: "axis", x: PAD.left, y: base, text: fmtHMS(times[0]) }));
+    if (n > 1) plot.append(svg("text", { class: "axis", x: width - PAD.right, y: base, "text-anchor": "end", text: fmtHMS(times[n - 1]) }));
+  } else {
+    plot.append(svg("text", { class: "axis", x: PAD.left + plotW / 2, y: PAD.top + plotH / 2, "text-anchor": "middle", text: "no points yet" }));
+  }
+  for (const l of lines) {
+    // a gap (null: the series did not exist yet) lifts the pen
+    let d = "";
+    let pen = false;
+    let last = -1;
+    l.values.forEach((v, i) => {
+      if (v === null || v === undefined || i >= n) {
+        pen = false;
+        return;
+      }
+      d += `${pen ? "L" : "M"}${x(i).toFixed(1)} ${y(v).toFixed(1)}`;
+      pen = true;
+      last = i;
+    });
+    const path = svg("path", { class: "line", d: d || "M0 0", stroke: l.color, "data-series": l.name, "data-points": l.points, "data-max": l.max });
+    path.append(svg("title", { text: l.name }));
+    plot.append(path);
+    if (last >= 0) plot.append(svg("circle", { class: "dot", cx: x(last).toFixed(1), cy: y(l.values[last]).toFixed(1), r: 2.5, fill: l.color }));
+  }
+  const cursor = svg("line", { class: "cursor", y1: PAD.top, y2: PAD.top + plotH, visibility: "hidden" });
+  plot.append(cursor);
+
+  // The legend: each series' latest value, or its value at the point under the mouse.
+  const legend = fig.querySelector(".legend");
+  const showAt = (at) => {
+    const items = lines.map((l) => {
+      let v = null;
+      if (at !== null) v = l.values[at];
+      else for (let i = Math.min(n, l.values.length) - 1; i >= 0 && v === null; i--) v = l.values[i] ?? null;
+      const text = v === null || v === undefined ? "-" : fmt(v) + (c.rate ? "/s" : "");
+      return el(
+        "li",
+        { "data-series": l.name },
+        el("i", { style: "background:" + l.color }),
+        el("span", { class: "name", text: l.name }),
+        " ",
+        el("span", { class: "value num", text }),
+      );
+    });
+    if (at !== null) items.push(el("li", { class: "muted", text: "at " + fmtHMS(times[at]) }));
+    legend.replaceChildren(...items);
+    cursor.setAttribute("visibility", at === null ? "hidden" : "visible");
+    if (at !== null) {
+      cursor.setAttribute("x1", x(at).toFixed(1));
+      cursor.setAttribute("x2", x(at).toFixed(1));
+    }
+  };
+  plot.addEventListener("mousemove", (ev) => {
+    if (!n) return;
+    const px = ev.clientX - plot.getBoundingClientRect().left;
+    let best = 0;
+    for (let i = 1; i < n; i++) if (Math.abs(x(i) - px) < Math.abs(x(best) - px)) best = i;
+    state.hover = { chart: c.series, time: times[best] };
+    showAt(best);
+  });
+  plot.addEventListener("mouseleave", () => {
+    state.hover = null;
+    showAt(null);
+  });
+  const hovered = state.hover && state.hover.chart === c.series ? times.indexOf(state.hover.time) : -1;
+  showAt(hovered >= 0 ? hovered : null);
+  fig.querySelector(".plot").replaceChildren(plot);
 }
 
 // The readiness verdict (/readyz, no key): problems (not ready) and warnings (ready, but
@@ -325,13 +540,18 @@ async function refresh() {
     return;
   }
   try {
-    const [tenants, backends, errors, verdict] = await Promise.all([
+    const [tenants, backends, errors, verdict, history] = await Promise.all([
       call("ListTenants"),
       call("ListBackends"),
       call("ListRecentErrors"),
       health(),
+      historyDue() ? getJSON("/api/history") : null,
     ]);
     if (generation !== state.generation) return;
+    if (history) {
+      state.historyAt = Date.now();
+      renderCharts(history);
+    }
     renderHealth(verdict);
     renderTenants(tenants);
     renderBackends(backends);
@@ -481,7 +701,29 @@ function connect(key) {
   else sessionStorage.removeItem(KEY_STORE);
   stopTail();
   state.tenantNames = null; // refill the select, which (re)starts the tail
+  state.historyAt = 0; // fetch the charts' history with the next refresh
   refresh();
+}
+
+// `#key=<admin key>` in the address (the gateway's banner prints it): the page takes the key and
+// removes it from the address bar and the history entry, so it is left in neither a screenshot
+// nor the history. A fragment never reaches the server.
+function keyFromFragment() {
+  const m = /^#(?:.*&)?key=([^&]*)/.exec(location.hash);
+  if (!m) return null;
+  history.replaceState(history.state, "", location.pathname + location.search);
+  try {
+    return decodeURIComponent(m[1]).trim();
+  } catch {
+    return m[1].trim(); // not %-encoded after all: taken as written
+  }
+}
+
+function takeKeyFromFragment() {
+  const key = keyFromFragment();
+  if (!key) return;
+  $("#admin-key").value = key;
+  connect(key);
 }
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -497,10 +739,20 @@ document.addEventListener("DOMContentLoaded", () => {
     $("#tenants tbody").replaceChildren();
     $("#backends tbody").replaceChildren();
     $("#errors tbody").replaceChildren();
+    clearCharts();
     clearTail();
   });
   $("#tail-tenant").addEventListener("change", startTail);
   $("#tail-service").addEventListener("change", startTail);
   $("#tail-clear").addEventListener("click", clearTail);
-  if (state.key) refresh();
+  window.addEventListener("hashchange", takeKeyFromFragment);
+  window.addEventListener("resize", () => {
+    cancelAnimationFrame(state.resizing);
+    state.resizing = requestAnimationFrame(() => state.history && renderCharts(state.history));
+  });
+  const fromAddress = keyFromFragment();
+  if (fromAddress) {
+    input.value = fromAddress;
+    connect(fromAddress);
+  } else if (state.key) refresh();
 });
