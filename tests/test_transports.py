@@ -819,6 +819,7 @@ def file_gateway(tmp_module: Path) -> Iterator[tuple[Gateway, Path]]:
                 "path": str(out),
                 "rotate_bytes": 2000,
                 "max_files": 2,
+                "batch_linger": 0,  # a line per request: the rotation test counts on it
                 "concurrency": 1,  # lines in send order, so the kept ones are the newest
             }
         },
