@@ -412,16 +412,6 @@ class _CorkedTransport:
         if pending and not self._transport.is_closing():  # a reset peer: nothing to send to
             self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
 
-    def write_whole(self, data: bytes) -> None:
-        """A whole answer (the lane's): sent now, after what is pending, with no flush to
-        schedule."""
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._pending.append(data)
-            self._flush()
-        elif not self._transport.is_closing():
-            self._transport.write(data)
-
     def close(self) -> None:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
@@ -467,7 +457,7 @@ class GuardedH1Protocol(ZttpProtocol):
         self._port: int | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        corked = self._corked = _CorkedTransport(transport, self.loop)
+        corked = _CorkedTransport(transport, self.loop)
         super().connection_made(corked)  # type: ignore[arg-type]
         self._port = self.server[1] if self.server else None
         self._head_timer = self.loop.call_later(self._tick(), self._check_timers)
@@ -571,7 +561,7 @@ class GuardedH1Protocol(ZttpProtocol):
         if answer.body:
             conn.send_data(answer.body)
         conn.end_message()
-        self._corked.write_whole(conn.data_to_send())
+        self.transport.write(conn.data_to_send())
         self.server_state.total_requests += 1
         if self._close_after_lane or conn.should_close():
             self.transport.close()
