@@ -30,6 +30,7 @@ _RESTART_KEYS = (
     "limits",
     "cors",
     "server",
+    "event_loop",
     "timeout_keep_alive",
     "log",
     "workers",

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
+import pytest
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
+from tests.support.grpcwire import trace_request
 from tests.support.peers import Sink, run_gateway, run_rotel
 
 
@@ -36,3 +39,31 @@ def test_sdk_grpc_through_gateway_and_rotel(tmp_path: Path, sink: Sink) -> None:
         for s in ss.spans
     )
     assert names == [f"span-{i}" for i in range(5)]
+
+
+@pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
+def test_both_event_loops_serve_http_and_grpc(tmp_path: Path, sink: Sink, event_loop: str) -> None:
+    """`event_loop: uvloop` (the default) and `asyncio`: the gateway says which it runs on and
+    serves OTLP/HTTP and gRPC on it."""
+    config = {
+        "event_loop": event_loop,
+        "backends": {"sink": {"protocol": "http/protobuf", "endpoint": sink.endpoint}},
+        "service_backends": ["sink"],
+    }
+    with run_gateway(tmp_path, config) as gw:
+        r = httpx.post(
+            f"{gw.http_endpoint}/v1/traces",
+            content=trace_request(3),
+            headers={"content-type": "application/x-protobuf"},
+            timeout=10,
+        )
+        assert r.status_code == 200, r.text
+        provider = TracerProvider()
+        provider.add_span_processor(
+            SimpleSpanProcessor(OTLPSpanExporter(endpoint=gw.grpc_endpoint, insecure=True))
+        )
+        with provider.get_tracer("loop").start_as_current_span("over-grpc"):
+            pass
+        provider.shutdown()
+        assert sink.wait_items("traces", 4, timeout=20) == 4
+        assert f"event loop: {event_loop}" in gw.log()

@@ -293,6 +293,8 @@ class GatewayConfig:
     cors: Cors = Cors()
     retry: RetryConfig = RetryConfig()
     server: str = field(default="uvicorn", metadata=one_of("uvicorn", "hypercorn"))
+    # uvloop: ~8% less CPU a small request (bench/README.md); asyncio: the standard library's
+    event_loop: str = field(default="uvloop", metadata=one_of("uvloop", "asyncio"))
     timeout_keep_alive: float = field(default=75.0, metadata=DURATION)
     shutdown_timeout: float = field(default=10.0, metadata=DURATION)
     # None: no tenants section, the gateway runs open (every request is DEFAULT_TENANT's)

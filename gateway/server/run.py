@@ -8,7 +8,7 @@ import logging
 import signal
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from typing import Any, Literal, Protocol
 
@@ -203,7 +203,7 @@ def _serve_uvicorn(
     async def serve_all() -> None:
         await asyncio.gather(*(server.serve(sockets=socks) for server, socks in runs))
 
-    asyncio.run(serve_all())
+    run_loop(serve_all(), config.event_loop)
 
 
 def _cheap_data_frame_repr() -> None:
@@ -255,7 +255,7 @@ def _serve_hypercorn(
         hc.certfile = config.tls.cert
         hc.keyfile = config.tls.key or config.tls.cert
         hc.alpn_protocols = ["h2", "http/1.1"]
-    asyncio.run(_run_hypercorn(app, hc))
+    run_loop(_run_hypercorn(app, hc), config.event_loop)
 
 
 async def _run_hypercorn(app: ServedApp, hc: Any) -> None:
@@ -273,6 +273,22 @@ async def _run_hypercorn(app: ServedApp, hc: Any) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
     await hypercorn_serve(app, hc, mode="asgi", shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+
+
+def run_loop(main: Coroutine[Any, Any, None], event_loop: str) -> None:
+    """Run `main` on the configured event loop: uvloop (libuv; its transports read and write
+    in C), or asyncio's own where uvloop is not installed (it does not build on Windows)."""
+    if event_loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            log.warning("event_loop: uvloop is not installed; running on asyncio's loop")
+        else:
+            log.info("event loop: uvloop")
+            uvloop.run(main)
+            return
+    log.info("event loop: asyncio")
+    asyncio.run(main)
 
 
 def tls_context_ok(cert: str, key: str | None) -> None:
