@@ -30,7 +30,7 @@ from gateway.errors import (
 from gateway.ingress import limits
 from gateway.ingress.guard import EarlyAnswer, Header, LaneRequest
 from gateway.ingress.intake import Intake, count_items, count_items_off_loop, text_headers
-from gateway.ingress.lane import eager, text_header
+from gateway.ingress.lane import LANE_MAX_BYTES, eager, text_header
 from gateway.otlp import offload
 from gateway.otlp.signals import Signal
 from gateway.tenancy.tenants import Tenant
@@ -110,8 +110,9 @@ class GrpcExport:
     def lane(self, header: Header, http2: bool) -> LaneRequest | None:
         """The call whole, from the server (ingress/lane.py), when its head allows: gRPC with
         the protobuf codec over HTTP/2, a known grpc-encoding, a valid timeout, a tenant with
-        room. gRPC bodies have no length up front: the server hands one that grows past
-        LANE_MAX_BYTES to the app. Anything else, refusals included, the app serves as usual."""
+        room. A gRPC body announces its length in its first bytes (limit()); one over
+        LANE_MAX_BYTES goes to the app. Anything else, refusals included, the app serves as
+        usual."""
         if not http2:
             return None
         kind = header(b"content-type")
@@ -331,6 +332,17 @@ class _WholeCall:
         self._encoding = encoding
         self._tenant = tenant
         self._held = held
+
+    def limit(self, first: bytes) -> int:
+        """The message's length prefix announces the body: reserved now, as a content-length
+        is; too large for the lane (or no prefix yet), the app takes the call."""
+        if len(first) < _PREFIX:
+            return 0
+        size = _PREFIX + int.from_bytes(first[1:5], "big")
+        if size > min(LANE_MAX_BYTES, self._export._limits.max_body_bytes):
+            return 0
+        self._held.add(size)
+        return size
 
     def finish(self, body: bytes) -> EarlyAnswer | Awaitable[EarlyAnswer]:
         return eager(self._finish(body))

@@ -38,6 +38,11 @@ RefuseEarly = Callable[[int | None, str, Header], EarlyAnswer | None]
 class LaneRequest(Protocol):
     """A request the app takes from the server whole, without an ASGI task (see Lane)."""
 
+    def limit(self, first: bytes) -> int:
+        """The most bytes its body may have in the lane, given the body's first bytes (what the
+        request announced); a body that grows past it goes to the app (HTTP/2). 0: at once."""
+        ...
+
     def finish(self, body: bytes) -> EarlyAnswer | Awaitable[EarlyAnswer]:
         """The answer to the request with this body: at once when nothing had to wait (the
         common case), else an awaitable of it. Never raises for bad input: that is an answer."""

@@ -25,7 +25,7 @@ from gateway.errors import (
 from gateway.ingress import limits
 from gateway.ingress.guard import EarlyAnswer, Header, LaneRequest
 from gateway.ingress.intake import Intake, count_items, count_items_off_loop, text_headers
-from gateway.ingress.lane import LANE_MAX_BYTES, eager, text_header
+from gateway.ingress.lane import LANE_MAX_BYTES, LANE_UNKNOWN_BYTES, eager, text_header
 from gateway.ingress.lane import media_type as type_of
 from gateway.otlp import jsonpb as otlpjson
 from gateway.otlp import offload
@@ -222,6 +222,10 @@ class _Whole:
         self._kind = kind
         self._tenant = tenant
         self._held = held
+
+    def limit(self, first: bytes) -> int:
+        length = self._headers.get("content-length", "")
+        return int(length) if length else LANE_UNKNOWN_BYTES
 
     def finish(self, body: bytes) -> EarlyAnswer | Awaitable[EarlyAnswer]:
         return eager(self._finish(body))

@@ -10,10 +10,10 @@ finished in the same turn of the event loop when nothing has to wait, which is t
 thread) finishes as a task, as before.
 
 Everything else goes to the app as usual: other paths, a head the lane would refuse (no key,
-no budget: the app refuses it as it always did), bodies over LANE_MAX_BYTES or of unknown
-length over HTTP/1.1, `Expect: 100-continue`, and every request when a middleware (CORS) has to
-see it. The server layer knows nothing of this module: app.py hands it an OTLPLane as a plain
-callable (gateway.ingress.guard.Lane).
+no budget: the app refuses it as it always did), bodies over LANE_MAX_BYTES (or of unknown size
+over LANE_UNKNOWN_BYTES), chunked bodies over HTTP/1.1, `Expect: 100-continue`, and every
+request when a middleware (CORS) has to see it. The server layer knows nothing of this module:
+app.py hands it an OTLPLane as a plain callable (gateway.ingress.guard.Lane).
 """
 
 from __future__ import annotations
@@ -25,10 +25,12 @@ from gateway.ingress.guard import EarlyAnswer, Header, LaneRequest
 
 T = TypeVar("T")
 
-# Bodies up to this many bytes take the lane (a 64-span request is ~31 KiB): small enough that
-# holding one per connection while it arrives is nothing, large enough for the requests whose
-# fixed cost matters. Larger bodies are streamed through the app with their own caps.
-LANE_MAX_BYTES = 64 * 1024
+# A body whose size is announced (content-length, a gRPC message's length prefix) takes the lane
+# up to LANE_MAX_BYTES: that size is reserved in the in-flight budget before it is read, as the
+# app does (a 512-span request is ~245 KB). One of unknown size (HTTP/2 without content-length)
+# up to LANE_UNKNOWN_BYTES; the server hands one that grows past it to the app, which streams it.
+LANE_MAX_BYTES = 1024 * 1024
+LANE_UNKNOWN_BYTES = 64 * 1024
 
 
 def eager(coro: Coroutine[Any, Any, T]) -> T | Awaitable[T]:
@@ -118,4 +120,12 @@ def text_header(header: Header, names: tuple[bytes, ...]) -> dict[str, str]:
     return out
 
 
-__all__ = ["LANE_MAX_BYTES", "EarlyAnswer", "OTLPLane", "eager", "media_type", "text_header"]
+__all__ = [
+    "LANE_MAX_BYTES",
+    "LANE_UNKNOWN_BYTES",
+    "EarlyAnswer",
+    "OTLPLane",
+    "eager",
+    "media_type",
+    "text_header",
+]

@@ -46,7 +46,6 @@ from gateway.ingress.guard import (
     RefuseEarly,
     TokenBucket,
 )
-from gateway.ingress.lane import LANE_MAX_BYTES
 from gateway.telemetry import metrics
 
 _LANE_TICK = 0.25  # how late a stalled lane body is answered (timeouts are seconds: 30 s)
@@ -110,7 +109,7 @@ class ConnectionGuard:
 class _LaneBody:
     """The body of a request the lane took, as it arrives."""
 
-    __slots__ = ("chunks", "event", "last", "pending", "request", "size")
+    __slots__ = ("chunks", "event", "last", "limit", "pending", "request", "size")
 
     def __init__(self, request: LaneRequest, now: float, event: zttp.Request | None = None):
         self.request = request
@@ -119,6 +118,7 @@ class _LaneBody:
         self.last = now  # when bytes last came: the body timeout counts from here
         self.pending = False  # the request waits on something (a durable queue, a thread)
         self.event = event  # HTTP/2: the head, for handing the stream to the app after all
+        self.limit = -1  # HTTP/2: the most bytes the lane takes of it (known from its first)
 
     def add(self, data: bytes, now: float) -> None:
         self.chunks.append(data)
@@ -229,8 +229,10 @@ class GracefulH2Protocol(ZttpH2Protocol):
             self._lane_timer = self.loop.call_later(_LANE_TICK, self._lane_sweep)
 
     def _lane_data(self, stream_id: int, body: _LaneBody, data: bytes) -> None:
+        if body.limit < 0:  # the first bytes: what the request announces
+            body.limit = body.request.limit(data)
         body.add(data, self.loop.time())
-        if body.size > LANE_MAX_BYTES:  # larger than its head let on: the app streams it
+        if body.size > body.limit:  # larger than the lane takes: the app streams it
             self._lane_to_app(stream_id, body)
 
     def _lane_finish(self, stream_id: int, body: _LaneBody) -> None:
