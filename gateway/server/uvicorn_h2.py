@@ -79,7 +79,13 @@ _MESSAGES = {
     "closed its connection",
     "body_timeout": "a client did not send the rest of a request body after its answer within "
     "limits.body_timeout; closed its connection",
+    "tls_on_plaintext": "a client started TLS on a plaintext listener (an endpoint given as "
+    "https://, or a gRPC exporter without insecure); closed its connection. Point the client at "
+    "http://HOST:PORT (gRPC: OTEL_EXPORTER_OTLP_INSECURE=true), or give the gateway `tls:` "
+    "(serve --tls-cert/--tls-key) to take TLS",
 }
+# A TLS record of type handshake (22), major version 3: how every ClientHello begins.
+_TLS_HANDSHAKE = b"\x16\x03"
 
 
 @dataclass
@@ -521,7 +527,14 @@ class GuardedH1Protocol(ZttpProtocol):
             return False
         self.cycle = None  # type: ignore[assignment]  # the last app cycle is complete
         self._head_started = None  # the head is complete
-        self._lane = _LaneBody(request, self.loop.time(), event)
+        now = self.loop.time()
+        self._lane = _LaneBody(request, now, event)
+        # the connection's timer must come round by the body's timeout
+        due, timer = now + self.guard.body_timeout, self._head_timer
+        if timer is None or timer.when() > due:
+            if timer is not None:
+                timer.cancel()
+            self._head_timer = self.loop.call_at(due, self._check_timers)
         return True
 
     def _lane_finish(self, body: _LaneBody) -> bool:
@@ -666,6 +679,16 @@ class GracefulAutoProtocol(AutoZttpProtocol):
             transport.abort()
             return
         super().connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.buffer and data.startswith(_TLS_HANDSHAKE):
+            # Left open, the client waits for a ServerHello until its own timeout (an SDK: 10-20
+            # s, then DEADLINE_EXCEEDED); closed now, its handshake fails at once.
+            self.guard.ended("tls_on_plaintext", _peer(self.transport))
+            self.connections.discard(self)
+            self.transport.close()
+            return
+        super().data_received(data)
 
     def _switch(self, http2: bool, initial_data: bytes = b"") -> None:
         protocol_class: type[asyncio.Protocol] = GracefulH2Protocol if http2 else GuardedH1Protocol
