@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Awaitable
 from datetime import timedelta
 from urllib.parse import quote
 
@@ -30,7 +29,7 @@ from gateway.errors import (
 from gateway.ingress import limits
 from gateway.ingress.guard import EarlyAnswer, Header, LaneRequest
 from gateway.ingress.intake import Intake, count_items, count_items_off_loop, text_headers
-from gateway.ingress.lane import LANE_MAX_BYTES, eager, text_header
+from gateway.ingress.lane import LANE_MAX_BYTES, Whole, text_header
 from gateway.otlp import offload
 from gateway.otlp.signals import Signal
 from gateway.tenancy.tenants import Tenant
@@ -319,19 +318,19 @@ def _refusal_answer(error: GatewayError) -> EarlyAnswer:
     return EarlyAnswer(200, headers, trailers=trailers)
 
 
-class _WholeCall:
-    """A call taken whole through the lane: its tenant admitted from the head on; the message
-    counts in the in-flight budget from when it is complete."""
+class _WholeCall(Whole):
+    """A call taken whole through the lane: the message counts in the in-flight budget from when
+    its length prefix announces it."""
 
-    __slots__ = ("_encoding", "_export", "_held", "_tenant")
+    __slots__ = ("_encoding", "_export")
 
     def __init__(
         self, export: GrpcExport, encoding: str, tenant: Tenant, held: limits.Held
     ) -> None:
+        limits_ = export._limits
+        super().__init__(tenant, held, limits_.max_body_bytes, limits_.body_timeout)
         self._export = export
         self._encoding = encoding
-        self._tenant = tenant
-        self._held = held
 
     def limit(self, first: bytes) -> int:
         """The message's length prefix announces the body: reserved now, as a content-length
@@ -339,38 +338,18 @@ class _WholeCall:
         if len(first) < _PREFIX:
             return 0
         size = _PREFIX + int.from_bytes(first[1:5], "big")
-        if size > min(LANE_MAX_BYTES, self._export._limits.max_body_bytes):
+        if size > min(LANE_MAX_BYTES, self._cap):
             return 0
         self._held.add(size)
         return size
 
-    def finish(self, body: bytes) -> EarlyAnswer | Awaitable[EarlyAnswer]:
-        return eager(self._finish(body))
+    async def _take(self, body: bytes) -> None:
+        await self._export._take(body, self._encoding, self._tenant)
 
-    async def _finish(self, body: bytes) -> EarlyAnswer:
+    def _refuse(self, error: GatewayError) -> EarlyAnswer:
         export = self._export
-        try:
-            self._held.add(len(body))
-            cap = export._limits.max_body_bytes
-            if len(body) > cap:  # the lane's own cap is larger than a configured one
-                raise RequestTooLarge(too_large_message("the request body", cap))
-            await export._take(body, self._encoding, self._tenant)
-        except GatewayError as error:
-            if error.tenant is None:
-                error.tenant = self._tenant.name
-            export._intake.refused(export.signal, "grpc", error)
-            return _refusal_answer(error)
-        finally:
-            self._held.release()
-        return export._ok_answer
-
-    def timed_out(self) -> EarlyAnswer:
-        self._held.release()
-        export = self._export
-        error = limits.body_timeout_error(export._inflight.body_timeout)
-        error.tenant = self._tenant.name
         export._intake.refused(export.signal, "grpc", error)
         return _refusal_answer(error)
 
-    def abandon(self) -> None:
-        self._held.release()
+    def _accepted(self) -> EarlyAnswer:
+        return self._export._ok_answer

@@ -8,7 +8,6 @@ protobuf bytes. Errors are google.rpc.Status bodies in the request's content typ
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable
 
 from google.rpc import status_pb2
 from starlette.types import Receive, Scope, Send
@@ -20,12 +19,11 @@ from gateway.errors import (
     RequestTooLarge,
     Unavailable,
     UnsupportedMediaType,
-    too_large_message,
 )
 from gateway.ingress import limits
 from gateway.ingress.guard import EarlyAnswer, Header, LaneRequest
 from gateway.ingress.intake import Intake, count_items, count_items_off_loop, text_headers
-from gateway.ingress.lane import LANE_MAX_BYTES, LANE_UNKNOWN_BYTES, eager, text_header
+from gateway.ingress.lane import LANE_MAX_BYTES, LANE_UNKNOWN_BYTES, Whole, text_header
 from gateway.ingress.lane import media_type as type_of
 from gateway.otlp import jsonpb as otlpjson
 from gateway.otlp import offload
@@ -203,11 +201,11 @@ def _answer(
     return EarlyAnswer(status, headers, body)
 
 
-class _Whole:
-    """An export taken whole through the lane: its tenant admitted and its announced length held
-    in the in-flight budget from the head on; the body counts from when it is complete."""
+class _Whole(Whole):
+    """An export taken whole through the lane: its announced length held in the in-flight budget
+    from the head on; the body counts from when it is complete."""
 
-    __slots__ = ("_endpoint", "_headers", "_held", "_kind", "_tenant")
+    __slots__ = ("_endpoint", "_headers", "_kind")
 
     def __init__(
         self,
@@ -217,40 +215,21 @@ class _Whole:
         tenant: Tenant,
         held: limits.Held,
     ) -> None:
+        limits_ = endpoint._limits
+        super().__init__(tenant, held, limits_.max_body_bytes, limits_.body_timeout)
         self._endpoint = endpoint
         self._headers = headers
         self._kind = kind
-        self._tenant = tenant
-        self._held = held
 
     def limit(self, first: bytes) -> int:
         length = self._headers.get("content-length", "")
         return int(length) if length else LANE_UNKNOWN_BYTES
 
-    def finish(self, body: bytes) -> EarlyAnswer | Awaitable[EarlyAnswer]:
-        return eager(self._finish(body))
+    async def _take(self, body: bytes) -> None:
+        await self._endpoint._decode_and_accept(self._headers, self._kind, body, self._tenant)
 
-    async def _finish(self, body: bytes) -> EarlyAnswer:
-        endpoint = self._endpoint
-        try:
-            self._held.add(len(body))
-            cap = endpoint._limits.max_body_bytes
-            if len(body) > cap:  # over HTTP/2 without a content-length
-                raise RequestTooLarge(too_large_message("the request body", cap))
-            await endpoint._decode_and_accept(self._headers, self._kind, body, self._tenant)
-        except GatewayError as error:
-            if error.tenant is None:
-                error.tenant = self._tenant.name
-            return endpoint._refusal(error, self._kind)
-        finally:
-            self._held.release()
-        return endpoint._ok(self._kind == JSON)
-
-    def timed_out(self) -> EarlyAnswer:
-        self._held.release()
-        error = limits.body_timeout_error(self._endpoint._inflight.body_timeout)
-        error.tenant = self._tenant.name
+    def _refuse(self, error: GatewayError) -> EarlyAnswer:
         return self._endpoint._refusal(error, self._kind)
 
-    def abandon(self) -> None:
-        self._held.release()
+    def _accepted(self) -> EarlyAnswer:
+        return self._endpoint._ok(self._kind == JSON)

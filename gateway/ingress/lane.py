@@ -21,7 +21,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Coroutine, Generator, Mapping
 from typing import Any, Protocol, TypeVar
 
+from gateway.errors import GatewayError, RequestTooLarge, too_large_message
 from gateway.ingress.guard import EarlyAnswer, Header, LaneRequest
+from gateway.ingress.limits import Held, body_timeout_error
+from gateway.tenancy.tenants import Tenant
 
 T = TypeVar("T")
 
@@ -75,6 +78,55 @@ class _Resumed(Awaitable[T]):
                 except StopIteration as done:
                     result = done.value
                     return result
+
+
+class Whole:
+    """What a request taken whole shares, OTLP/HTTP or gRPC: its tenant admitted from the head
+    on, its bytes held in the in-flight budget, the body's cap and the eager finish. A subclass
+    takes the body (_take), says a refusal (_refuse) and the answer once accepted (_accepted)."""
+
+    __slots__ = ("_cap", "_held", "_tenant", "_timeout")
+
+    def __init__(self, tenant: Tenant, held: Held, cap: int, timeout: float) -> None:
+        self._tenant = tenant
+        self._held = held
+        self._cap = cap  # limits.max_body_bytes: the lane's own cap may be larger
+        self._timeout = timeout  # limits.body_timeout, for the refusal of a stalled body
+
+    def finish(self, body: bytes) -> EarlyAnswer | Awaitable[EarlyAnswer]:
+        return eager(self._finish(body))
+
+    async def _finish(self, body: bytes) -> EarlyAnswer:
+        try:
+            self._held.add(len(body))
+            if len(body) > self._cap:
+                raise RequestTooLarge(too_large_message("the request body", self._cap))
+            await self._take(body)
+        except GatewayError as error:
+            if error.tenant is None:
+                error.tenant = self._tenant.name
+            return self._refuse(error)
+        finally:
+            self._held.release()
+        return self._accepted()
+
+    def timed_out(self) -> EarlyAnswer:
+        self._held.release()
+        error = body_timeout_error(self._timeout)
+        error.tenant = self._tenant.name
+        return self._refuse(error)
+
+    def abandon(self) -> None:
+        self._held.release()
+
+    async def _take(self, body: bytes) -> None:
+        raise NotImplementedError
+
+    def _refuse(self, error: GatewayError) -> EarlyAnswer:
+        raise NotImplementedError
+
+    def _accepted(self) -> EarlyAnswer:
+        raise NotImplementedError
 
 
 class _Takes(Protocol):
