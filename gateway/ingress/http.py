@@ -223,7 +223,12 @@ class _Whole(Whole):
 
     def limit(self, first: bytes) -> int:
         length = self._headers.get("content-length", "")
-        return int(length) if length else LANE_UNKNOWN_BYTES
+        if length:
+            return int(length)  # reserved from the head on
+        # Of unknown size (HTTP/2): the most the lane keeps is reserved now, so the budget
+        # bounds what streams of unknown size hold while they arrive.
+        self._held.add(LANE_UNKNOWN_BYTES)
+        return LANE_UNKNOWN_BYTES
 
     async def _take(self, body: bytes) -> None:
         await self._endpoint._decode_and_accept(self._headers, self._kind, body, self._tenant)

@@ -528,7 +528,7 @@ class GuardedH1Protocol(ZttpProtocol):
         self.cycle = None  # type: ignore[assignment]  # the last app cycle is complete
         self._head_started = None  # the head is complete
         now = self.loop.time()
-        self._lane = _LaneBody(request, now, event)
+        self._lane = _LaneBody(request, now)
         # the connection's timer must come round by the body's timeout
         due, timer = now + self.guard.body_timeout, self._head_timer
         if timer is None or timer.when() > due:
