@@ -200,19 +200,24 @@ class Sink:
     @contextlib.contextmanager
     def running(self) -> Iterator[Sink]:
         app = Starlette(routes=[Route("/v1/{signal}", self._handle, methods=["POST"])])
-        server = uvicorn.Server(
-            uvicorn.Config(
-                app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off"
-            )
-        )
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        wait_for_port(self.port)
-        try:
+        with serve_in_thread(app, self.port):
             yield self
-        finally:
-            server.should_exit = True
-            thread.join(10)
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: Any, port: int) -> Iterator[None]:
+    """An ASGI app on 127.0.0.1:`port` (uvicorn on a thread) for the length of the block."""
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for_port(port)
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 def send_spans(exporter: Any, prefix: str, n: int) -> None:

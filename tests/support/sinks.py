@@ -11,11 +11,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
-
 from gateway.otlp import wire
 from gateway.otlp.signals import BY_NAME
-from tests.support.peers import free_port, wait_for_port
+from tests.support.peers import free_port, serve_in_thread
 
 
 @dataclass
@@ -80,16 +78,5 @@ class CountingSink:
 
     @contextlib.contextmanager
     def running(self) -> Iterator[CountingSink]:
-        server = uvicorn.Server(
-            uvicorn.Config(
-                self, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off"
-            )
-        )
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        wait_for_port(self.port)
-        try:
+        with serve_in_thread(self, self.port):
             yield self
-        finally:
-            server.should_exit = True
-            thread.join(10)
