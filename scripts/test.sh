@@ -3,7 +3,8 @@
 # installs what the tests need, then runs them:
 #   - uv (python3 -m pip install uv) and the locked dependencies with the dev group (uv sync);
 #   - the Debian packages the tests drive: chromium (status page), wrk and nghttp2-client's
-#     h2load (bench smoke), with apt-get (through sudo when not root).
+#     h2load (bench smoke), redis-server (shared quotas, fleet view) and haproxy (the balancer
+#     in front of several replicas), with apt-get (through sudo when not root).
 # Quiet when everything is there. A package that cannot be installed (no apt, no network) is
 # named with the command that installs it, and the tests that need it are skipped with that
 # reason (tests/conftest.py reads OTLP_GATEWAY_TESTS_MISSING); under CI it is an error instead.
@@ -23,8 +24,9 @@ if command -v uv >/dev/null 2>&1; then uv=(uv); else uv=(python3 -m uv); fi
 "${uv[@]}" sync --frozen --quiet
 
 # Debian package -> the program the tests run (Chromium where tests/support/browser.py looks)
-declare -A tool=([chromium]=chromium [wrk]=wrk [nghttp2-client]=h2load)
-packages=(chromium wrk nghttp2-client)
+declare -A tool=([chromium]=chromium [wrk]=wrk [nghttp2-client]=h2load [redis-server]=redis-server
+  [haproxy]=haproxy)
+packages=(chromium wrk nghttp2-client redis-server haproxy)
 present() {
   if [[ $1 == chromium ]]; then [[ -x ${CHROMIUM:-/usr/bin/chromium} ]]; else
     command -v "${tool[$1]}" >/dev/null 2>&1; fi

@@ -15,8 +15,17 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "tests/test_hostile_delivery.py::"
     "test_an_undecodable_queue_record_is_quarantined_and_the_queue_goes_on": ("chromium",),
     "tests/test_bench_smoke.py": ("wrk", "h2load"),
+    "tests/test_cluster_quota.py": ("redis-server",),
+    "tests/test_fleet_view.py": ("redis-server",),
+    "tests/test_balancer.py": ("haproxy",),
 }
-PACKAGES = {"chromium": "chromium", "wrk": "wrk", "h2load": "nghttp2-client"}
+PACKAGES = {
+    "chromium": "chromium",
+    "wrk": "wrk",
+    "h2load": "nghttp2-client",
+    "redis-server": "redis-server",
+    "haproxy": "haproxy",
+}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -858,6 +858,25 @@ def test_red_export_and_self_telemetry() -> None:
     assert parse("", env={}).self_telemetry is None
 
 
+def test_cluster_section() -> None:
+    text = """
+        backends: {a: {protocol: file, path: /tmp/x}}
+        service_backends: [a]
+        cluster: {redis: "redis://:${REDIS_PASSWORD}@redis:6379/0", name: prod-eu}
+        """
+    config = parse(_yaml(text), "gw.yaml", env={"REDIS_PASSWORD": "s3cret"})
+    assert config.cluster is not None
+    assert config.cluster.redis == "redis://:s3cret@redis:6379/0"
+    assert (config.cluster.name, config.cluster.timeout) == ("prod-eu", 0.25)
+    assert config.cluster.heartbeat_interval == 2.0
+    assert parse("", env={}).cluster is None  # no section: replicas share nothing
+    # the URL may carry a password: the error names its scheme only
+    bad = _error(text.replace("redis://:", "http://user:"), {"REDIS_PASSWORD": "s3cret"})
+    assert "cluster.redis" in bad and "s3cret" not in bad and "'http'" in bad
+    assert "cluster.name" in _error(text.replace("prod-eu", '"a b"'), {"REDIS_PASSWORD": "x"})
+    assert "cluster.redis" in _error("cluster: {name: x}")
+
+
 def test_the_embedded_default_routes_to_its_file_backend(tmp_path: Path) -> None:
     config = embedded_default(str(tmp_path), keys.digest("k"), None)
     assert config.service_backends == ("local-files",)

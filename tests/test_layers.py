@@ -24,7 +24,8 @@ LAYERS: list[tuple[str, ...]] = [
         "gateway.errors",
         "gateway.telemetry",
     ),
-    ("gateway.delivery", "gateway.analysis"),  # queues, retry, exporters; RED and the live tail
+    # queues, retry, exporters; RED and the live tail; what replicas share through Redis
+    ("gateway.delivery", "gateway.analysis", "gateway.cluster"),
     ("gateway.tenancy",),  # API key -> tenant, quotas, drop rules, enrichment
     ("gateway.ingress",),  # every transport, limits, the intake seam
     ("gateway.admin",),  # the admin listener and the console: reads what the layers expose

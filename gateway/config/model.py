@@ -284,6 +284,19 @@ class SelfTelemetryConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """Replicas that act as one gateway: shared quotas and one fleet view, kept in Redis
+    (gateway/cluster/). Without it each process has its own quotas and sees only itself."""
+
+    redis: str  # redis://[:password@]host:port/db or rediss://; ${ENV} for the password
+    name: str = "default"  # the key prefix, so several fleets can share one Redis
+    # how long a Redis call may take before the replica falls back to its local share
+    timeout: float = field(default=0.25, metadata=POSITIVE_DURATION)
+    # how often a replica says it is alive (and a fallback replica tries Redis again)
+    heartbeat_interval: float = field(default=2.0, metadata=POSITIVE_DURATION)
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     listen: tuple[str, ...] = DEFAULT_LISTEN  # at least one host:port
     limits: Limits = field(default_factory=Limits)
@@ -311,6 +324,8 @@ class GatewayConfig:
     validate: str = field(default="auto", metadata=one_of(*VALIDATE_MODES))
     # None: the gateway's own metrics are on /metrics only
     self_telemetry: SelfTelemetryConfig | None = field(default=None, metadata=BY_HAND)
+    # None: replicas share nothing (per-process quotas)
+    cluster: ClusterConfig | None = field(default=None, metadata=BY_HAND)
 
 
 # -- what is not configuration: where it came from, and how this process serves it --

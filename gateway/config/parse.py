@@ -25,6 +25,7 @@ from gateway.config.model import (
     AdminConfig,
     BackendConfig,
     ClientTLS,
+    ClusterConfig,
     ConfigError,
     ConfigSource,
     DropRule,
@@ -246,6 +247,27 @@ def _check_red_exports(
             )
 
 
+def _cluster(top: _Section[Any]) -> ClusterConfig | None:
+    if top.data.get("cluster") is None:
+        return None
+    s = top.section("cluster", ClusterConfig)
+    url: str = s.get("redis")
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise s.error(
+            "redis",
+            # the URL may hold a password: name only its scheme
+            "must be a redis://[:password@]host:port/db, rediss:// or unix:// URL; "
+            f"got one starting {url.partition(':')[0][:16]!r}",
+        )
+    name: str = s.get("name")
+    if not _TENANT_NAME.match(name):
+        raise s.error(
+            "name",
+            f"must be a name of letters, digits, '.', '_' and '-' (at most 63); got {name!r}",
+        )
+    return s.read(redis=url, name=name)
+
+
 def _self_telemetry(
     top: _Section[Any], backends: Mapping[str, BackendConfig]
 ) -> SelfTelemetryConfig | None:
@@ -391,6 +413,7 @@ def parse(
         drop=_drop_rules(top, "drop"),
         admin=_admin(top, listen),
         self_telemetry=self_telemetry,
+        cluster=_cluster(top),
         origin=ConfigSource(source),
         warnings=_unrouted(backends_section, backends, routed),
     )
