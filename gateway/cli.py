@@ -1,4 +1,4 @@
-"""`otlp-gateway serve | check | keys | status | tail`."""
+"""`otlp-gateway serve | check | keys | status | tail | drain`."""
 
 from __future__ import annotations
 
@@ -199,8 +199,8 @@ def _with_address_flags(
     config: LoadedConfig, args: argparse.Namespace
 ) -> tuple[LoadedConfig, tuple[str, ...]]:
     """`serve --listen` (repeatable) and `--admin HOST:PORT|off` replace the config's `listen`
-    and `admin.listen`, checked as the config's are. A reload keeps --listen (as it keeps
-    --tls-cert); admin.listen is only read at start."""
+    and `admin.listen`, checked as the config's are. Also returns the fields the flags set: a
+    reload of the file keeps them (as it keeps --tls-cert) and says nothing of them."""
     listen: list[str] = getattr(args, "listen", None) or []
     admin_flag: str | None = getattr(args, "admin", None)
     if not listen and admin_flag is None:
@@ -231,7 +231,8 @@ def _with_address_flags(
     moved = dataclasses.replace(
         config, listen=addresses, admin=dataclasses.replace(config.admin, listen=admin)
     )
-    return moved, ("listen",) if listen else ()
+    pinned = ("listen",) if listen else ()
+    return moved, pinned + (("admin.listen",) if admin_flag is not None else ())
 
 
 def _no_admin_key(data_dir: str) -> str:
@@ -241,6 +242,60 @@ def _no_admin_key(data_dir: str) -> str:
         f"started without --config (it keeps its key in DIR/{ADMIN_KEY_FILE}; "
         f"{shlex.quote(data_dir)} has none)"
     )
+
+
+def _add_drain(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "drain",
+        help="deliver what a removed replica left in its durable queue directory, then exit",
+    )
+    p.add_argument(
+        "--queue-dir",
+        required=True,
+        metavar="DIR",
+        help="the replica's queue.directory (holding <backend>[@<tenant>] and worker-<i>/)",
+    )
+    p.add_argument(
+        "--config", "-c", help="the config the replica ran: its backends (default: embedded)"
+    )
+    p.add_argument(
+        "--data-dir",
+        default=DEFAULT_DATA_DIR,
+        help="the embedded default's file backend directory (ignored with --config)",
+    )
+    p.add_argument(
+        "--timeout",
+        default="5m",
+        metavar="DURATION",
+        help="give up after this long (30s, 5m, 1h; default 5m): what is left stays on disk",
+    )
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+
+def _drain(args: argparse.Namespace) -> int:
+    """`otlp-gateway drain` (gateway/drain.py): no listeners, only the config's backends."""
+    from gateway import drain
+    from gateway.reload import log_warnings
+
+    try:
+        timeout = drain.duration(args.timeout)
+        config = (
+            config_mod.load(args.config)
+            if args.config
+            else config_mod.embedded_default(args.data_dir)
+        )
+    except (ConfigError, ValueError) as exc:
+        print(f"otlp-gateway drain: {exc}", file=sys.stderr)
+        return 2
+    logs.setup(args.log_level or config.log.level, config.log.format)
+    log_warnings(config.warnings)
+    code = drain.run(config, Path(args.queue_dir), timeout)
+    # as after serve: leave without the interpreter's finalization, which the export client's
+    # native threads can abort
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -310,7 +365,7 @@ def _main(argv: list[str] | None) -> int:
     new_p.add_argument("tenant")
     keys_sub.add_parser("hash", help="print the config line for a key read from standard input")
     for name, text in (
-        ("status", "print backends, queues, tenants and recent errors"),
+        ("status", "print backends, queues, tenants, recent errors and the fleet"),
         ("tail", "stream a tenant's spans as access-log lines"),
     ):
         p = sub.add_parser(name, help=text)
@@ -335,8 +390,11 @@ def _main(argv: list[str] | None) -> int:
             p.add_argument("--tenant", required=True)
             p.add_argument("--service", default="", help="only spans of this service.name")
             p.add_argument("--limit", type=int, help="stop after this many rows")
+    _add_drain(sub)
     args = parser.parse_args(argv)
 
+    if args.command == "drain":
+        return _drain(args)
     if args.command == "keys":
         return _keys_new(args.tenant) if args.keys_command == "new" else _keys_hash()
     if args.command in ("status", "tail"):
@@ -375,6 +433,8 @@ def _main(argv: list[str] | None) -> int:
         return 2
 
     if args.command == "check":
+        for warning in config.warnings:
+            print(f"config warning: {warning}", file=sys.stderr)
         listening = ", ".join(config.listen)
         tenants = "open" if config.tenants is None else f"{len(config.tenants)} tenants"
         print(
@@ -386,6 +446,9 @@ def _main(argv: list[str] | None) -> int:
     level = args.log_level or config.log.level
     log_format = args.log_format or config.log.format
     logs.setup(level, log_format)
+    from gateway.reload import log_warnings
+
+    log_warnings(config.warnings)  # now, in the log's format (a reload logs them too)
     # the embedded default's admin key in the status page's link, on a terminal only: never in
     # a log line
     in_link = admin_key if log_format != "json" else None

@@ -12,6 +12,7 @@ import signal
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 from gateway import config as config_mod
 from gateway.config import ConfigError, GatewayConfig, Runtime
@@ -22,6 +23,8 @@ from gateway.telemetry.recent import RecentErrors
 from gateway.tenancy.tenants import TenantRegistry
 
 log = logging.getLogger("otlp_gateway.reload")
+
+C = TypeVar("C", bound=GatewayConfig)
 
 # Keys that only take effect at start.
 _RESTART_KEYS = (
@@ -34,7 +37,30 @@ _RESTART_KEYS = (
     "timeout_keep_alive",
     "log",
     "workers",
+    "cluster",  # the link to Redis, the shared quotas and the heartbeat are made at start
 )
+
+
+def log_warnings(warnings: tuple[str, ...]) -> None:
+    """A loaded config's warnings (config.warnings), one log line each, in the log's format."""
+    for warning in warnings:
+        logging.getLogger("otlp_gateway.config").warning(
+            "config warning: %s",
+            warning,
+            extra={"fields": {"event": "config_warning"}},
+        )
+
+
+def keep_pinned(new: C, old: GatewayConfig, pinned: tuple[str, ...]) -> C:
+    """`new` with the fields the command line set (`pinned`: "tls", or a section's field as
+    "admin.listen") as they are in `old`."""
+    for name in pinned:
+        section, _, field = name.partition(".")
+        value = getattr(old, section)
+        if field:
+            value = replace(getattr(new, section), **{field: getattr(value, field)})
+        new = replace(new, **{section: value})
+    return new
 
 
 class Reloader:
@@ -79,7 +105,8 @@ class Reloader:
             )
             log.error("config reload (%s) refused, still serving the previous config: %s", why, exc)
             return False
-        new = replace(new, **{k: getattr(self.config, k) for k in self.runtime.pinned})
+        log_warnings(new.warnings)
+        new = keep_pinned(new, self.config, self.runtime.pinned)
         for key in _RESTART_KEYS:
             if getattr(new, key) != getattr(self.config, key):
                 log.warning("config reload (%s): a change of %r takes effect at restart", why, key)

@@ -827,7 +827,7 @@ def test_a_backend_routed_by_a_tenant_only_is_used(
     with caplog.at_level(logging.WARNING, "otlp_gateway.config"):
         loaded = load(path, env={})
     assert loaded.warnings == (config.warnings[0].replace("gw.yaml", str(path)),)
-    assert [r.getMessage() for r in caplog.records] == [f"config warning: {loaded.warnings[0]}"]
+    assert caplog.records == []  # the caller says them: `check` prints, `serve` logs them
     assert parse(EXAMPLE, env={"CENTRAL_TOKEN": "x"}).warnings == ()
 
 

@@ -427,6 +427,6 @@ def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> 
         raise ConfigError(f"{p}: cannot read the config file: {exc.strerror}") from None
     config = replace(parse(text, str(p), env), origin=ConfigSource(str(p), path=str(p)))
     _check_routes(config)
-    for warning in config.warnings:  # before logging is set up (`check`): on stderr as it is
-        log.warning("config warning: %s", warning)
+    # config.warnings are the caller's to say: `check` prints them, `serve` and a reload log them
+    # once logging is set up (in its format)
     return config

@@ -142,6 +142,7 @@ def _serve_uvicorn(
 ) -> None:
     import uvicorn
 
+    from gateway.server.tls_peek import server_context, tls_first
     from gateway.server.uvicorn_h2 import ConnectionGuard, guarded
 
     servers: list[uvicorn.Server] = []
@@ -166,17 +167,20 @@ def _serve_uvicorn(
                 server.should_exit = True
 
     def make(tls: bool, lifespan: Literal["on", "off"]) -> Server:
-        kwargs: dict[str, object] = {}
+        http: type[asyncio.Protocol] = protocol
         if tls and config.tls is not None:
-            kwargs["ssl_certfile"] = config.tls.cert
-            kwargs["ssl_keyfile"] = config.tls.key or config.tls.cert
+            # TLS by a first protocol of ours rather than the loop's ssl= on the listener: it
+            # sees a plaintext client's first bytes and tells it what to change
+            # (gateway/server/tls_peek.py)
+            context = server_context(config.tls.cert, config.tls.key)
+            http = tls_first(protocol, context, config.limits.header_timeout)
         return Server(
             uvicorn.Config(
                 app,
                 # zttp's h1 and h2 (h2c prior knowledge, ALPN h2 over TLS), with a graceful
                 # GOAWAY before zttp's per-connection stream cap and the budgets against
                 # hostile clients (gateway/server/uvicorn_h2.py)
-                http=protocol,
+                http=http,
                 http2=False,
                 lifespan=lifespan,
                 timeout_keep_alive=int(config.timeout_keep_alive),
@@ -185,7 +189,6 @@ def _serve_uvicorn(
                 access_log=False,
                 log_config=None,  # keep the gateway's log format (text or JSON)
                 server_header=False,
-                **kwargs,  # type: ignore[arg-type]
             )
         )
 
