@@ -38,6 +38,9 @@ IMAGE_CONFIG = "/etc/otlp-gateway/gateway.yaml"  # where the image looks for its
 DATA_DIR = "/var/lib/otlp-gateway"  # the image's writable directory (queues)
 OTLP_PORTS = {4317, 4318}
 ADMIN_PORT = 9464
+HAPROXY_CFG = DEPLOY / "haproxy/haproxy.cfg"
+HAPROXY_STATS = 8404  # haproxy.cfg's default STATS_BIND
+HAPROXY_SLOTS = 6  # GATEWAY_1 .. GATEWAY_6
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,7 +157,10 @@ def render_nomad_template(
 ) -> str:
     """The subset of Nomad's template language the job uses: `with nomadVar "PATH"`,
     `with nomadService "NAME"`, `with index . N`, `.Field` and `end`; whitespace trimming with
-    `{{-` and `-}}`. Anything else fails, so the job cannot grow syntax this does not check."""
+    `{{-` and `-}}`; and `range $i, $s := nomadService "NAME"` with `add $i 1` and `$s.Field`
+    inside (not nested). Anything else fails, so the job cannot grow syntax this does not
+    check."""
+    text = _expand_ranges(text, services)
     out: list[str] = []
     stack: list[Any] = [None]  # the value of `.`; a false `with` pushes `skip`
     skip = object()
@@ -203,6 +209,37 @@ def render_nomad_template(
     return "".join(out)
 
 
+_RANGE = re.compile(
+    r'\{\{(-?)\s*range \$i, \$s := nomadService "([^"]+)"\s*(-?)\}\}(.*?)\{\{(-?)\s*end\s*(-?)\}\}',
+    re.S,
+)
+
+
+def _expand_ranges(text: str, services: dict[str, list[dict[str, Any]]]) -> str:
+    """Every `range` block repeated for each instance of its service, with its trimming."""
+    while (m := _RANGE.search(text)) is not None:
+        trim_before, name, trim_in, body, trim_end, trim_after = m.groups()
+        body = body.lstrip() if trim_in else body
+        body = body.rstrip() if trim_end else body
+        rendered = []
+        for i, service in enumerate(services.get(name, [])):
+
+            def sub(a: re.Match[str], i: int = i, service: dict[str, Any] = service) -> str:
+                action = a.group(2)
+                if action == "add $i 1":
+                    return str(i + 1)
+                field = re.fullmatch(r"\$s\.([A-Za-z_][A-Za-z0-9_]*)", action)
+                assert field and field.group(1) in service, f"range uses {{{{ {action} }}}}"
+                return str(service[field.group(1)])
+
+            rendered.append(_ACTION.sub(sub, body))
+        before, after = text[: m.start()], text[m.end() :]
+        before = before.rstrip() if trim_before else before
+        after = after.lstrip() if trim_after else after
+        text = before + "".join(rendered) + after
+    return text
+
+
 def local_copy(config_text: str, sink: Sink, tmp: Path) -> dict[str, Any]:
     """A deploy config made runnable here: backends to the sink, queues under tmp, admin on a
     free loopback port; tenants, keys, limits and everything else as they are."""
@@ -213,7 +250,37 @@ def local_copy(config_text: str, sink: Sink, tmp: Path) -> dict[str, Any]:
     if "queue" in data:
         data["queue"]["directory"] = str(tmp / "queue")
     data["admin"] = {**data.get("admin", {}), "listen": f"127.0.0.1:{free_port()}"}
+    # no Redis here: each replica on its own (tests/test_cluster_*.py run the cluster section)
+    data.pop("cluster", None)
     return data
+
+
+def haproxy_check(env: dict[str, str]) -> str:
+    """`haproxy -c` on deploy/haproxy/haproxy.cfg with exactly `env`: its output (a name that
+    does not resolve here is a warning: the server starts down)."""
+    binary = shutil.which("haproxy") or (
+        "/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None
+    )
+    if binary is None:
+        pytest.skip("haproxy is not installed")
+    done = subprocess.run(
+        [binary, "-c", "-f", str(HAPROXY_CFG)], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout + done.stderr
+
+
+def haproxy_env_check(env: dict[str, str], listen: tuple[str, ...]) -> None:
+    """The replicas HAProxy is given: consecutive slots from GATEWAY_1, each the OTLP port the
+    gateway config listens on; admin checks on the config's admin port (the file's default)."""
+    slots = sorted(k for k in env if re.fullmatch(r"GATEWAY_\d+", k))
+    assert slots == [f"GATEWAY_{i}" for i in range(1, len(slots) + 1)]
+    assert 1 <= len(slots) <= HAPROXY_SLOTS
+    ports = {port_of(a) for a in listen}
+    for slot in slots:
+        assert port_of(env[slot]) in ports, env[slot]
+        assert f"{slot}_ADMIN_PORT" not in env  # the default, 9464
+    assert '"${GATEWAY_1_ADMIN_PORT-9464}"' in HAPROXY_CFG.read_text()
 
 
 def probe(url: str) -> int:
@@ -507,9 +574,12 @@ def compose_demo_key(compose: dict[str, Any]) -> str:
     return m.group(1)
 
 
-def compose_gateway_config(compose: dict[str, Any]) -> Path:
+GATEWAYS = ("gateway-1", "gateway-2", "gateway-3")  # the compose replicas
+
+
+def compose_gateway_config(compose: dict[str, Any], name: str = GATEWAYS[0]) -> Path:
     """The gateway config file compose mounts where the gateway's --config points."""
-    gw = compose["services"]["gateway"]
+    gw = compose["services"][name]
     config = PurePosixPath(gw["command"][gw["command"].index("--config") + 1])
     # a directory mount: a single-file bind mount would not see an edited (replaced) file
     source = DEPLOY / "compose" / mounts(gw)[str(config.parent)]
@@ -519,8 +589,16 @@ def compose_gateway_config(compose: dict[str, Any]) -> Path:
 
 def test_compose_gateway(compose: dict[str, Any], tmp_path: Path) -> None:
     services = compose["services"]
-    assert {"gateway", "traefik", "lgtm", "certs", "demo-grpc", "demo-http"} <= set(services)
-    gw = services["gateway"]
+    assert {*GATEWAYS, "haproxy", "redis", "traefik", "lgtm", "certs", "demo-grpc"} <= set(services)
+    # the replicas: one config file, each its own queue volume and admin port
+    configs = {compose_gateway_config(compose, name) for name in GATEWAYS}
+    assert len(configs) == 1
+    queues = [mounts(services[name])[DATA_DIR] for name in GATEWAYS]
+    assert len(set(queues)) == len(GATEWAYS) and set(queues) <= set(compose["volumes"])
+    admin_ports = [int(p.split(":")[1]) for n in GATEWAYS for p in services[n]["ports"]]
+    assert len(set(admin_ports)) == len(GATEWAYS)
+    assert all(p.endswith(f":{ADMIN_PORT}") for n in GATEWAYS for p in services[n]["ports"])
+    gw = services[GATEWAYS[0]]
     build = gw["build"]
     assert (DEPLOY / "compose" / build["context"] / build["dockerfile"]).resolve() == (
         ROOT / "Dockerfile"
@@ -537,9 +615,18 @@ def test_compose_gateway(compose: dict[str, Any], tmp_path: Path) -> None:
     (backend,) = cfg.service_backends
     assert cfg.backends[backend].endpoint == "http://lgtm:4318"
     assert services["lgtm"]["image"].startswith("grafana/otel-lgtm:")
-    published = {int(p.split(":")[-1]) for p in gw["ports"]}
-    assert published == OTLP_PORTS | {ADMIN_PORT}
     assert all(p.startswith("127.0.0.1:") for p in gw["ports"])
+    # the OTLP ports are HAProxy's
+    haproxy = services["haproxy"]
+    published = {int(p.split(":")[-1]) for p in haproxy["ports"]}
+    assert published == OTLP_PORTS | {HAPROXY_STATS}
+    assert all(p.startswith("127.0.0.1:") for p in haproxy["ports"])
+    # Redis: the cluster section names the compose service
+    assert cfg.cluster is not None and cfg.cluster.name == "prod-eu"
+    redis_url = httpx.URL(cfg.cluster.redis)
+    assert redis_url.host == "redis" and redis_url.port == 6379
+    assert services["redis"]["image"].startswith("redis:")
+    assert {"redis", "lgtm"} <= set(gw["depends_on"])
     # the demo tenant's key is the one the demo apps send
     demo_key = compose_demo_key(compose)
     assert cfg.tenants is not None
@@ -561,17 +648,16 @@ def test_compose_traefik_and_demo(compose: dict[str, Any]) -> None:
     dynamic = yaml.safe_load(dynamic_file.read_text())
 
     gateway_text = compose_gateway_config(compose).read_text()
-    cfg = load_config(gateway_text, service_env(services["gateway"]), "compose")
+    cfg = load_config(gateway_text, service_env(services[GATEWAYS[0]]), "compose")
     (router,) = dynamic["http"]["routers"].values()
     assert router["entryPoints"] == ["websecure"] and "tls" in router
     service = dynamic["http"]["services"][router["service"]]["loadBalancer"]
     (server,) = service["servers"]
     url = httpx.URL(server["url"])
-    assert url.scheme == "h2c" and url.host == "gateway"  # HTTP/2 cleartext to the gateway
-    assert f"0.0.0.0:{url.port}" in cfg.listen
-    health = service["healthCheck"]
-    assert (health["port"], health["path"], health["scheme"]) == (ADMIN_PORT, "/readyz", "http")
-    assert admin_listen(gateway_text) == f"0.0.0.0:{health['port']}"
+    # HTTP/2 cleartext to HAProxy, which balances over the replicas and checks their /readyz
+    assert url.scheme == "h2c" and url.host == "haproxy"
+    assert url.port in OTLP_PORTS and f"0.0.0.0:{url.port}" in cfg.listen
+    assert "healthCheck" not in service
 
     # TLS: the certificate files come from the certs service, for the names clients use
     certs = services["certs"]
@@ -620,7 +706,7 @@ def test_compose_demo_app_sends_all_signals_through_tls(
     )
     services = compose["services"]
     gateway_text = compose_gateway_config(compose).read_text()
-    gw_env = service_env(services["gateway"])
+    gw_env = service_env(services[GATEWAYS[0]])
     with Sink().running() as sink:
         data = local_copy(gateway_text, sink, tmp_path)
         args = ["--tls-cert", str(certs / "tls.crt"), "--tls-key", str(certs / "tls.key")]
@@ -692,9 +778,14 @@ def nomad() -> dict[str, Any]:
     return hcl(DEPLOY / "nomad/otlp-gateway.nomad.hcl")
 
 
-def nomad_group(job: dict[str, Any]) -> dict[str, Any]:
+def nomad_group(job: dict[str, Any], name: str | None = None) -> dict[str, Any]:
+    """The job's group `name`, or its only group."""
     (job_body,) = job["job"][0].values()
-    (group,) = job_body["group"][0].values()
+    groups = {n: body for g in job_body["group"] for n, body in g.items()}
+    if name is None:
+        (group,) = groups.values()
+    else:
+        group = groups[name]
     return dict(group)
 
 
@@ -703,6 +794,15 @@ def nomad_task(group: dict[str, Any]) -> dict[str, Any]:
     return dict(task)
 
 
+NOMAD_SERVICES: dict[str, list[dict[str, Any]]] = {
+    "otel-lgtm-http": [{"Address": "10.0.0.7", "Port": 23456}],
+    "otlp-gateway-redis": [{"Address": "10.0.0.8", "Port": 26379}],
+    "otlp-gateway-grpc": [
+        {"Address": "10.0.0.11", "Port": 21001},
+        {"Address": "10.0.0.12", "Port": 21002},
+        {"Address": "10.0.0.13", "Port": 21003},
+    ],
+}
 NOMAD_VARS = {
     "admin_key": "admin-key-for-the-test",
     "demo_key_sha256": keys.config_entry("otlpgw_nomad-test-key"),
@@ -712,18 +812,17 @@ NOMAD_VARS = {
 
 def nomad_config(nomad: dict[str, Any]) -> tuple[str, dict[str, str]]:
     """The rendered gateway config and the task's environment."""
-    task = nomad_task(nomad_group(nomad))
+    task = nomad_task(nomad_group(nomad, "gateway"))
     (template,) = task["template"]
     variables = {"nomad/jobs/otlp-gateway": NOMAD_VARS}
-    services = {"otel-lgtm-http": [{"Address": "10.0.0.7", "Port": 23456}]}
-    text = render_nomad_template(hcl_text(template["data"]), variables, services)
+    text = render_nomad_template(hcl_text(template["data"]), variables, NOMAD_SERVICES)
     env = {k: hcl_text(str(v)) for k, v in task.get("env", [{}])[0].items()}
     return text, env
 
 
 def test_nomad_job_parses_and_agrees_with_the_gateway(nomad: dict[str, Any]) -> None:
     header = (DEPLOY / "nomad/otlp-gateway.nomad.hcl").read_text().split("\nvariable")[0]
-    group = nomad_group(nomad)
+    group = nomad_group(nomad, "gateway")
     task = nomad_task(group)
     text, env = nomad_config(nomad)
     cfg = load_config(text, env, "nomad template")
@@ -788,9 +887,9 @@ def test_nomad_backend_job(nomad: dict[str, Any]) -> None:
     ports = {name: body for p in group["network"][0]["port"] for name, body in p.items()}
     services = {s["name"]: s for s in group["service"]}
     text, _ = nomad_config(nomad)
-    template = hcl_text(nomad_task(nomad_group(nomad))["template"][0]["data"])
+    template = hcl_text(nomad_task(nomad_group(nomad, "gateway"))["template"][0]["data"])
     used = re.findall(r'nomadService "([^"]+)"', template)
-    assert used == ["otel-lgtm-http"]
+    assert used == ["otel-lgtm-http", "otlp-gateway-redis"]
     assert ports[services["otel-lgtm-http"]["port"]]["to"] == 4318  # its OTLP/HTTP receiver
     task = nomad_task(group)
     assert task["config"][0]["image"].startswith("grafana/otel-lgtm:")
@@ -883,7 +982,8 @@ def test_kubernetes_manifests_agree_with_the_gateway(
     assert pod["terminationGracePeriodSeconds"] > cfg.shutdown_timeout
     resources = container["resources"]
     assert resources["requests"]["memory"] == "256Mi" and resources["limits"]["memory"] == "512Mi"
-    nomad_task_resources = nomad_task(nomad_group(hcl(DEPLOY / "nomad/otlp-gateway.nomad.hcl")))
+    nomad_job = hcl(DEPLOY / "nomad/otlp-gateway.nomad.hcl")
+    nomad_task_resources = nomad_task(nomad_group(nomad_job, "gateway"))
     assert nomad_task_resources["resources"][0]["memory_max"] == 512  # the same measured limit
 
     # image: the name kustomize rewrites
@@ -1008,3 +1108,266 @@ def test_healthcheck_url_is_fetchable_python() -> None:
     compile(health[2], "HEALTHCHECK", "exec")
     imported = set(re.findall(r"import ([\w., ]+)", health[2])[0].replace(" ", "").split(","))
     assert imported <= {"sys", "urllib.request"}
+
+
+# ---------------------------------------------------------------------------------------------
+# The balancer (deploy/haproxy/haproxy.cfg) and the fleet: Redis, drain
+
+
+def haproxy_lines(section: str) -> list[str]:
+    """The directive lines of a haproxy.cfg section (`defaults`, `backend gateways`), comments
+    and conditional-block markers left out."""
+    out: list[str] = []
+    current = None
+    for raw in HAPROXY_CFG.read_text().splitlines():
+        line = raw.split("#", 1)[0].rstrip() if not raw.lstrip().startswith(".") else ""
+        if not line:
+            continue
+        if not line.startswith(" "):
+            current = line.strip()
+            continue
+        if current == section:
+            out.append(line.strip())
+    return out
+
+
+def test_haproxy_cfg_balances_per_request_over_h2c() -> None:
+    defaults = haproxy_lines("defaults")
+    backend = haproxy_lines("backend gateways")
+    assert "mode http" in defaults  # L7: every request (HTTP/2 stream) is balanced on its own
+    assert "balance roundrobin" in backend
+    default_server = next(line for line in backend if line.startswith("default-server"))
+    for word in ("proto h2", "check", "check-proto h1", "init-addr last,libc,none"):
+        assert word in default_server
+    assert "option httpchk GET /readyz" in backend
+    assert "retry-on conn-failure empty-response 503" in defaults
+    assert "option redispatch 1" in defaults
+    servers = [line for line in backend if line.startswith("server ")]
+    assert len(servers) == HAPROXY_SLOTS
+    for i, line in enumerate(servers, 1):
+        assert line == f'server gw{i} "${{GATEWAY_{i}}}" port "${{GATEWAY_{i}_ADMIN_PORT-9464}}"'
+    bind = next(line for line in haproxy_lines("frontend otlp") if line.startswith("bind"))
+    assert bind == 'bind "${OTLP_BIND-:4317,:4318}"'  # both OTLP ports, every transport
+    assert f'bind "${{STATS_BIND-:{HAPROXY_STATS}}}"' in haproxy_lines("frontend stats")
+
+    # it checks with replicas given, and says what to set without them
+    out = haproxy_check({"GATEWAY_1": "127.0.0.1:4317", "GATEWAY_2": "127.0.0.1:14317"})
+    assert "ALERT" not in out
+    binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    bare = subprocess.run([binary, "-c", "-f", str(HAPROXY_CFG)], env={}, capture_output=True)
+    assert bare.returncode != 0 and b"set GATEWAY_1" in bare.stdout + bare.stderr
+
+
+def test_compose_haproxy(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    haproxy = services["haproxy"]
+    assert haproxy["image"].startswith("haproxy:2.")
+    # the official image reads /usr/local/etc/haproxy/haproxy.cfg: this repository's file
+    source = mounts(haproxy)["/usr/local/etc/haproxy"]
+    assert (DEPLOY / "compose" / source / "haproxy.cfg").resolve() == HAPROXY_CFG
+    env = service_env(haproxy)
+    cfg = load_config(
+        compose_gateway_config(compose).read_text(), service_env(services[GATEWAYS[0]]), "compose"
+    )
+    haproxy_env_check(env, cfg.listen)
+    assert [httpx.URL(f"h2c://{env[f'GATEWAY_{i}']}").host for i in (1, 2, 3)] == list(GATEWAYS)
+    assert set(haproxy["depends_on"]) == set(GATEWAYS)
+    haproxy_check(env)  # the names do not resolve here: servers start down, the file is valid
+
+
+def test_kubernetes_balancer_and_redis(k8s: dict[tuple[str, str], dict[str, Any]]) -> None:
+    text, env = k8s_config(k8s)
+    cfg = load_config(text, env, "ConfigMap")
+    # the ConfigMap is deploy/haproxy/haproxy.cfg as it is
+    cm = k8s[("ConfigMap", "otlp-gateway-haproxy")]
+    assert cm["data"]["haproxy.cfg"] == HAPROXY_CFG.read_text()
+    deployment = k8s[("Deployment", "otlp-gateway-balancer")]
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"].startswith("haproxy:2.")
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "config")
+    assert mount["mountPath"] == "/usr/local/etc/haproxy"
+    assert container["args"] == ["haproxy", "-f", "/usr/local/etc/haproxy/haproxy.cfg"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "config")
+    assert volume["configMap"]["name"] == cm["metadata"]["name"]
+    hpa_max = k8s[("HorizontalPodAutoscaler", "otlp-gateway")]["spec"]["maxReplicas"]
+    haproxy_env = {e["name"]: e["value"] for e in container["env"]}
+    haproxy_env_check(haproxy_env, cfg.listen)
+    # every pod the HPA may run, by its stable name in the headless Service (fully qualified:
+    # HAProxy's resolver does not use the search list)
+    sts = k8s[("StatefulSet", "otlp-gateway")]
+    kustomization = yaml.safe_load((DEPLOY / "kubernetes/kustomization.yaml").read_text())
+    namespace = kustomization["namespace"]
+    assert len(haproxy_env) == hpa_max
+    for i in range(hpa_max):
+        assert haproxy_env[f"GATEWAY_{i + 1}"] == (
+            f"otlp-gateway-{i}.{sts['spec']['serviceName']}.{namespace}.svc.cluster.local:4317"
+        )
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert {ports["grpc"], ports["http"]} == OTLP_PORTS and ports["stats"] == HAPROXY_STATS
+    service = k8s[("Service", "otlp-gateway-balancer")]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    gateway_labels = sts["spec"]["template"]["metadata"]["labels"]
+    assert not service["spec"]["selector"].items() <= gateway_labels.items()
+    for port in service["spec"]["ports"]:
+        assert ports[port["targetPort"]] == port["port"]
+    grpc = next(p for p in service["spec"]["ports"] if p["name"] == "grpc")
+    assert grpc["appProtocol"] == "kubernetes.io/h2c"
+    haproxy_check(haproxy_env)
+
+    # Redis: the Service the cluster section names
+    assert cfg.cluster is not None and cfg.cluster.name == "prod-eu"
+    url = httpx.URL(cfg.cluster.redis)
+    redis_service = k8s[("Service", str(url.host))]
+    assert [p["port"] for p in redis_service["spec"]["ports"]] == [url.port]
+    redis = k8s[("Deployment", str(url.host))]
+    assert redis_service["spec"]["selector"].items() <= (
+        redis["spec"]["template"]["metadata"]["labels"].items()
+    )
+    (redis_container,) = redis["spec"]["template"]["spec"]["containers"]
+    assert redis_container["image"].startswith("redis:")
+
+
+def test_kubernetes_drain_job(k8s: dict[tuple[str, str], dict[str, Any]], tmp_path: Path) -> None:
+    """The Job mounts a removed pod's volume (the StatefulSet's claim) where the gateway had it,
+    with the same config and environment, and runs `drain` on the config's queue directory; its
+    command, run here on an empty directory, exits 0."""
+    job = yaml.safe_load((DEPLOY / "kubernetes/drain/drain-job.yaml").read_text())
+    assert job["kind"] == "Job"
+    pod = job["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    (container,) = pod["containers"]
+    gateway = pod_container(k8s)
+    sts = k8s[("StatefulSet", "otlp-gateway")]
+    text, env = k8s_config(k8s)
+    cfg = load_config(text, env, "ConfigMap")
+    args = container["args"]
+    assert args[0] == "drain"
+    assert args[args.index("--config") + 1] == IMAGE_CONFIG
+    queue_dir = args[args.index("--queue-dir") + 1]
+    (backend,) = cfg.service_backends
+    assert queue_dir == cfg.backends[backend].queue.directory
+    # the same config, secrets and user as the replicas
+    assert container["envFrom"] == gateway["envFrom"] and container["env"] == gateway["env"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts_at = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert volumes[mounts_at["/etc/otlp-gateway"]]["configMap"]["name"] == "otlp-gateway"
+    assert pod["securityContext"]["runAsUser"] == container_uid()
+    # the queue: a claim of the StatefulSet's template (<template>-<statefulset>-<ordinal>)
+    claim = volumes[mounts_at[DATA_DIR]]["persistentVolumeClaim"]["claimName"]
+    (template,) = sts["spec"]["volumeClaimTemplates"]
+    assert re.fullmatch(rf"{template['metadata']['name']}-otlp-gateway-\d+", claim), claim
+    # applied by hand, not through kustomize: the image as kustomize names the replicas'
+    (image,) = yaml.safe_load((DEPLOY / "kubernetes/kustomization.yaml").read_text())["images"]
+    assert container["image"] == f"{image['newName']}:{image['newTag']}"
+
+    # the command itself, with the paths made local
+    config = tmp_path / "gateway.yaml"
+    config.write_text(text)
+    local = [a.replace(DATA_DIR, str(tmp_path / "volume")) for a in args]
+    local[local.index("--config") + 1] = str(config)
+    (tmp_path / "volume" / "queue").mkdir(parents=True)
+    done = cli.run([sys.executable, "-m", "gateway", *local], timeout=60, env={**os.environ, **env})
+    assert "nothing to drain" in done.stdout
+
+
+def nomad_env_file(text: str) -> dict[str, str]:
+    """A rendered `env = true` template: NAME=value lines."""
+    return dict(line.split("=", 1) for line in text.splitlines() if line.strip())
+
+
+def test_nomad_balancer_and_redis(nomad: dict[str, Any]) -> None:
+    text, env = nomad_config(nomad)
+    cfg = load_config(text, env, "nomad template")
+    gateway = nomad_group(nomad, "gateway")
+    group = nomad_group(nomad, "balancer")
+    task = nomad_task(group)
+    assert task["config"][0]["image"].startswith("haproxy:2.")
+    # the file itself, read by `nomad job run` in deploy/nomad (file() resolves from there)
+    config_template, env_template = task["template"]
+    m = re.fullmatch(r'\$\{file\("([^"]+)"\)\}', config_template["data"])
+    assert m, config_template["data"]
+    assert (DEPLOY / "nomad" / m.group(1)).resolve() == HAPROXY_CFG
+    assert task["config"][0]["args"] == ["haproxy", "-f", "/" + config_template["destination"]]
+    # the replicas from service discovery: the gateway group's gRPC service
+    assert env_template["env"] is True
+    rendered = render_nomad_template(hcl_text(env_template["data"]), {}, NOMAD_SERVICES)
+    haproxy_env = nomad_env_file(rendered)
+    assert haproxy_env == {
+        f"GATEWAY_{i}": f"{s['Address']}:{s['Port']}"
+        for i, s in enumerate(NOMAD_SERVICES["otlp-gateway-grpc"], 1)
+    }
+    used = re.findall(r'nomadService "([^"]+)"', hcl_text(env_template["data"]))
+    grpc_service = next(s for s in gateway["service"] if s["name"] == used[0])
+    assert grpc_service["port"] == "grpc"
+    gateway_ports = {n: body for p in gateway["network"][0]["port"] for n, body in p.items()}
+    # the replicas' OTLP ports are dynamic (the balancer holds 4317 and 4318); the admin port is
+    # static, where haproxy.cfg checks /readyz by default
+    assert "static" not in gateway_ports["grpc"] and "static" not in gateway_ports["http"]
+    assert gateway_ports["admin"]["static"] == port_of(admin_listen(text)) == 9464
+    assert {"operator": "distinct_hosts", "value": "true"} in gateway["constraint"]
+    ports = {n: body for p in group["network"][0]["port"] for n, body in p.items()}
+    assert {ports["grpc"]["static"], ports["http"]["static"]} == OTLP_PORTS
+    assert ports["stats"]["to"] == HAPROXY_STATS
+    haproxy_env_check(haproxy_env, tuple(f"0.0.0.0:{s['Port']}" for s in NOMAD_SERVICES[used[0]]))
+    haproxy_check(haproxy_env)
+    # the replica count fits the balancer's slots
+    variables = hcl(DEPLOY / "nomad/otlp-gateway.nomad.hcl")["variable"]
+    replicas = next(v["replicas"] for v in variables if "replicas" in v)
+    assert 1 < replicas["default"] <= HAPROXY_SLOTS
+
+    # Redis: its job registers the service the template reads
+    assert cfg.cluster is not None and cfg.cluster.name == "prod-eu"
+    assert cfg.cluster.redis == "redis://10.0.0.8:26379/0"
+    redis = nomad_group(hcl(DEPLOY / "nomad/redis.nomad.hcl"))
+    (service,) = redis["service"]
+    assert service["name"] == "otlp-gateway-redis"
+    redis_ports = {n: body for p in redis["network"][0]["port"] for n, body in p.items()}
+    assert redis_ports[service["port"]]["to"] == 6379
+    assert nomad_task(redis)["config"][0]["image"].startswith("redis:")
+    # without Redis registered, the config has no cluster section (and still loads)
+    task = nomad_task(gateway)
+    variables_only = {"nomad/jobs/otlp-gateway": NOMAD_VARS}
+    services = {k: v for k, v in NOMAD_SERVICES.items() if k != "otlp-gateway-redis"}
+    alone = render_nomad_template(hcl_text(task["template"][0]["data"]), variables_only, services)
+    assert load_config(alone, env, "nomad template").cluster is None
+
+
+def test_nomad_drain_job(nomad: dict[str, Any], tmp_path: Path) -> None:
+    """The batch job runs `drain` on the host volume the replicas use, mounted where they mount
+    it, with the gateway job's own config template; its command, run here on an empty queue
+    directory, exits 0."""
+    job = hcl(DEPLOY / "nomad/otlp-gateway-drain.nomad.hcl")
+    (body,) = job["job"][0].values()
+    assert body["type"] == "batch"
+    assert {"attribute": "${node.unique.name}", "value": "${var.node}"} in body["constraint"]
+    group = nomad_group(job)
+    task = nomad_task(group)
+    gateway = nomad_group(nomad, "gateway")
+    gateway_task = nomad_task(gateway)
+    (volume,) = group["volume"][0].values()
+    (gateway_volume,) = gateway["volume"][0].values()
+    assert volume == gateway_volume  # the same host volume
+    assert task["volume_mount"] == gateway_task["volume_mount"]
+    (template,) = task["template"]
+    assert template["data"] == gateway_task["template"][0]["data"]
+    assert template["destination"] == gateway_task["template"][0]["destination"]
+    text, env = nomad_config(nomad)
+    cfg = load_config(text, env, "nomad template")
+    args = task["config"][0]["args"]
+    assert args[0] == "drain"
+    assert args[args.index("--config") + 1] == "/" + template["destination"]
+    (backend,) = cfg.service_backends
+    queue_dir = args[args.index("--queue-dir") + 1]
+    assert queue_dir == cfg.backends[backend].queue.directory
+    assert PurePosixPath(queue_dir).is_relative_to(task["volume_mount"][0]["destination"])
+    assert task["config"][0]["image"] == "${var.image}"
+
+    config = tmp_path / "gateway.yaml"
+    config.write_text(text)
+    local = [a.replace(DATA_DIR, str(tmp_path / "volume")) for a in args]
+    local[local.index("--config") + 1] = str(config)
+    (tmp_path / "volume" / "queue").mkdir(parents=True)
+    done = cli.run([sys.executable, "-m", "gateway", *local], timeout=60, env={**os.environ, **env})
+    assert "nothing to drain" in done.stdout

@@ -31,7 +31,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("gateway.admin",),  # the admin listener and the console: reads what the layers expose
     ("gateway.server",),  # listeners, server implementations, workers: takes the app as a value
     # the wiring: only these know every layer
-    ("gateway.reload",),  # builds new tenancy and routes from a changed config
+    # builds new tenancy and routes from a changed config; drains a removed replica's queues
+    ("gateway.reload", "gateway.drain"),
     ("gateway.app",),  # builds every layer and the ASGI app (create_app)
     ("gateway.cli",),  # the command: makes the app and hands it to the server
     ("gateway.__main__",),

@@ -1,5 +1,8 @@
 # otlp-gateway on Nomad: OTLP/gRPC and OTLP/HTTP services with health checks, keys and backend
-# secrets from Nomad variables, memory sized from measurement, durable queues on a host volume.
+# secrets from Nomad variables, memory sized from measurement, durable queues on a host volume;
+# HAProxy in front (group "balancer": per-request balancing over the replicas, on 4317 and 4318)
+# and Redis for what the replicas share (redis.nomad.hcl). A replica scaled away leaves its queue
+# on its client's volume: otlp-gateway-drain.nomad.hcl delivers it.
 #
 # Before the first run (docs/deploy.md, "Nomad"):
 #   1. the backend: deploy/nomad/otel-lgtm.nomad.hcl (service otel-lgtm-http), or change the
@@ -14,6 +17,10 @@
 #        install -d -o 10001 -g 10001 /opt/otlp-gateway/queue
 #        client { host_volume "otlp-gateway-queue" { path = "/opt/otlp-gateway/queue" } }
 #
+#   4. Redis: nomad job run redis.nomad.hcl (service otlp-gateway-redis; without it each replica
+#      keeps its own quotas).
+#
+#   cd deploy/nomad    # the balancer reads ../haproxy/haproxy.cfg (file() runs here)
 #   nomad job run -var image=registry.example.com/otlp-gateway:0.1.0 otlp-gateway.nomad.hcl
 
 variable "image" {
@@ -29,8 +36,8 @@ variable "datacenters" {
 
 variable "replicas" {
   type        = number
-  default     = 1
-  description = "replicas; each runs on its own client, with its own queue volume"
+  default     = 3
+  description = "replicas (at most 6: the balancer's slots); each on its own client and volume"
 }
 
 job "otlp-gateway" {
@@ -55,17 +62,19 @@ job "otlp-gateway" {
       value    = "true"
     }
 
+    # The OTLP ports are dynamic: the balancer holds 4317 and 4318 on whichever client it runs,
+    # and finds the replicas through service discovery. The admin port is static (one replica
+    # per client): the balancer checks /readyz on it.
     network {
       port "grpc" {
-        static = 4317
-        to     = 4317
+        to = 4317
       }
       port "http" {
-        static = 4318
-        to     = 4318
+        to = 4318
       }
       port "admin" {
-        to = 9464
+        static = 9464
+        to     = 9464
       }
     }
 
@@ -191,6 +200,9 @@ job "otlp-gateway" {
           queue: {durable: true, directory: /var/lib/otlp-gateway/queue, max_bytes: 512MiB}
           limits: {max_inflight_bytes: 64MiB}
           shutdown_timeout: 10s
+          {{- with nomadService "otlp-gateway-redis" }}{{ with index . 0 }}
+          cluster: {redis: "redis://{{ .Address }}:{{ .Port }}/0", name: prod-eu}
+          {{- end }}{{ end }}
         EOT
       }
 
@@ -211,6 +223,82 @@ job "otlp-gateway" {
 
       # Above shutdown_timeout: on SIGTERM the queues drain first (what is left stays on disk).
       kill_signal  = "SIGTERM"
+      kill_timeout = "30s"
+    }
+  }
+
+  # HAProxy: deploy/haproxy/haproxy.cfg, with the replicas from Nomad's service discovery as
+  # GATEWAY_<n> (up to 6). Per request, so one client's gRPC connection is spread over every
+  # replica; a replica that stops is taken out by its /readyz and its requests retried on the
+  # others. The replica list is environment, which a running process cannot take again: a
+  # change in it (a replica added, removed, or moved by a deploy) restarts HAProxy, a second in
+  # which exporters reconnect and retry.
+  group "balancer" {
+    count = 1
+
+    network {
+      port "grpc" {
+        static = 4317
+        to     = 4317
+      }
+      port "http" {
+        static = 4318
+        to     = 4318
+      }
+      port "stats" {
+        to = 8404
+      }
+    }
+
+    # Both ports take every transport (gRPC, OTLP/HTTP, gRPC-web, Connect).
+    service {
+      name     = "otlp-gateway-balancer"
+      port     = "grpc"
+      provider = "nomad"
+      tags     = ["otlp", "grpc", "http"]
+
+      check {
+        name     = "haproxy"
+        type     = "http"
+        port     = "stats"
+        path     = "/stats"
+        interval = "10s"
+        timeout  = "2s"
+      }
+    }
+
+    task "haproxy" {
+      driver = "docker"
+
+      config {
+        image = "haproxy:2.6"
+        ports = ["grpc", "http", "stats"]
+        args  = ["haproxy", "-f", "/local/haproxy.cfg"]
+      }
+
+      # The file itself, read when the job is submitted (run `nomad job run` in deploy/nomad).
+      template {
+        data        = file("../haproxy/haproxy.cfg")
+        destination = "local/haproxy.cfg"
+        change_mode = "restart"
+      }
+
+      template {
+        destination = "local/gateways.env"
+        env         = true
+        change_mode = "restart"
+        data        = <<-EOT
+          {{- range $i, $s := nomadService "otlp-gateway-grpc" }}
+          GATEWAY_{{ add $i 1 }}={{ $s.Address }}:{{ $s.Port }}
+          {{- end }}
+        EOT
+      }
+
+      resources {
+        cpu    = 500
+        memory = 128
+      }
+
       kill_timeout = "30s"
     }
   }
