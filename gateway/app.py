@@ -8,8 +8,9 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
+from prometheus_client import Counter
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -22,6 +23,10 @@ from gateway.admin.health import GrpcHealth, Readiness
 from gateway.analysis.background import span_analysis
 from gateway.analysis.red_export import RedExport
 from gateway.analysis.tail import TailHub
+from gateway.cluster.fleet import Fleet, config_digest
+from gateway.cluster.link import ClusterLink, replica_id
+from gateway.cluster.quota import LOCAL, QuotaLeases
+from gateway.cluster.registry import ReplicaRegistry
 from gateway.config import DEFAULT_TENANT, GatewayConfig, Runtime
 from gateway.delivery.batch import Batch
 from gateway.delivery.pipeline import Pipeline
@@ -117,8 +122,20 @@ def create_app(config: GatewayConfig, runtime: Runtime) -> GatewayApp:
     validation = Validation(config.validate)
     # a backend refusing a tenant's data as invalid makes its next requests validated in full
     pipeline.on_invalid = validation.suspect
-    intake = Intake(TenantRegistry(config), pipeline, tail, validation, recent)
+    # With `cluster`: the link to the fleet's Redis, quotas leased from it, and the heartbeat.
+    # A change of the section takes effect at restart (reload.py says so).
+    link: ClusterLink | None = None
+    leases: QuotaLeases | None = None
+    registry: ReplicaRegistry | None = None
+    if config.cluster is not None:
+        link = ClusterLink(config.cluster, replica_id(runtime.worker))
+        leases = QuotaLeases(link, lambda: registry.live_replicas if registry else 1)
+    intake = Intake(TenantRegistry(config, leases=leases), pipeline, tail, validation, recent)
     reloader = Reloader(config, intake, pipeline, runtime, recent)
+    if link is not None and leases is not None:
+        registry = _replica_registry(
+            link, leases, config, runtime, lambda: reloader.config, pipeline
+        )
 
     # Metrics the gateway makes (tenants' RED metrics, its own) go through the pipeline as
     # batches of metrics, like any accepted request.
@@ -184,6 +201,15 @@ def create_app(config: GatewayConfig, runtime: Runtime) -> GatewayApp:
         watcher = asyncio.get_running_loop().create_task(reloader.watch())
         for export in exports:
             export.start()
+        unbind_cluster: Callable[[], None] | None = None
+        if link is not None and leases is not None and registry is not None:
+            # the first heartbeat and leases before the first request (bounded by the timeout)
+            await asyncio.gather(registry.start(), leases.start())
+            unbind_cluster = metrics.bind_cluster(
+                lambda: metrics.ClusterReading(
+                    link.up, leases.mode == LOCAL, registry.live_replicas
+                )
+            )
         try:
             yield
         finally:
@@ -192,6 +218,12 @@ def create_app(config: GatewayConfig, runtime: Runtime) -> GatewayApp:
             for export in exports:  # a last export each, which the pipeline then drains
                 await export.stop()
             await pipeline.shutdown(reloader.config.shutdown_timeout)
+            if link is not None and leases is not None and registry is not None:
+                await leases.stop()
+                await registry.stop()  # leaves the fleet: its record is deleted
+                await link.close()
+            if unbind_cluster is not None:
+                unbind_cluster()
             analysis.close()
             offload.shutdown()
             unbind_metrics()
@@ -202,7 +234,11 @@ def create_app(config: GatewayConfig, runtime: Runtime) -> GatewayApp:
         lifespan=lifespan,
         exception_handlers={404: NotFound().handle},  # a wrong path: what the right ones are
     )
-    api = AdminAPI(lambda: reloader.config, intake, pipeline, tail, recent)
+    fleet = None
+    if link is not None:  # the one link of this replica (made above with the shared quotas)
+        fleet = Fleet(link, link.replica, link.config.heartbeat_interval)
+    api = AdminAPI(lambda: reloader.config, intake, pipeline, tail, recent, fleet=fleet)
+    exports.extend(api.periodic)  # the fleet gauges' light read, on the loop with the exports
     admin = admin_app(api, readiness)
     port = admin_port(config, runtime.worker)
     gateway = GatewayApp(main, admin, port, tail)
@@ -213,6 +249,48 @@ def create_app(config: GatewayConfig, runtime: Runtime) -> GatewayApp:
     # for the HTTP/2 server: refuses keyless OTLP streams before they cost an app task
     gateway.refuse_early = EarlyRefusal(intake, port)
     return gateway
+
+
+def _replica_registry(
+    link: ClusterLink,
+    leases: QuotaLeases,
+    config: GatewayConfig,
+    runtime: Runtime,
+    current: Callable[[], GatewayConfig],
+    pipeline: Pipeline,
+) -> ReplicaRegistry:
+    """The heartbeat, reading what it reports from the layers above it."""
+    port = admin_port(config, runtime.worker)
+    admin = "" if config.admin.listen is None else config.admin.listen.rpartition(":")[0]
+    digests: dict[int, str] = {}  # per config object: a reload makes a new one
+
+    def digest() -> str:
+        cfg = current()
+        if id(cfg) not in digests:
+            digests.clear()
+            digests[id(cfg)] = config_digest(cfg)
+        return digests[id(cfg)]
+
+    return ReplicaRegistry(
+        link,
+        listen=config.listen,
+        admin="" if port is None else f"{admin}:{port}",
+        digest=digest,
+        queue_bytes=lambda: sum(r.bytes for r in pipeline.queue_readings()),
+        accepted_items=lambda: _total(metrics.ACCEPTED_ITEMS),
+        refused_requests=lambda: _total(metrics.REQUESTS, lambda s: s != "accepted"),
+        quota_mode=lambda: leases.mode,
+    )
+
+
+def _total(counter: Counter, outcome: Callable[[str], bool] | None = None) -> float:
+    """A counter's sum over its labels (those whose `outcome` label passes the test)."""
+    return sum(
+        s.value
+        for family in counter.collect()
+        for s in family.samples
+        if s.name.endswith("_total") and (outcome is None or outcome(s.labels.get("outcome", "")))
+    )
 
 
 def admin_port(config: GatewayConfig, worker: int | None) -> int | None:

@@ -12,10 +12,11 @@ from tests.support.peers import Sink
 # OTLP_GATEWAY_TESTS_MISSING. Run any other way, a missing program fails the test as it is.
 NEEDS: dict[str, tuple[str, ...]] = {
     "tests/test_status_page.py": ("chromium",),
+    "tests/test_status_page.py::test_status_page_shows_the_fleet": ("chromium", "redis-server"),
     "tests/test_hostile_delivery.py::"
     "test_an_undecodable_queue_record_is_quarantined_and_the_queue_goes_on": ("chromium",),
     "tests/test_bench_smoke.py": ("wrk", "h2load"),
-    "tests/test_cluster_quota.py": ("redis-server",),
+    "tests/test_cluster_quota.py": ("redis-server", "haproxy"),
     "tests/test_fleet_view.py": ("redis-server",),
     "tests/test_balancer.py": ("haproxy",),
 }

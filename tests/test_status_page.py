@@ -2,17 +2,20 @@
 page served by the admin listener, the admin key entered (or taken from `#key=` in the address),
 a tenant's live tail showing spans sent during the test (checked in the DOM and in a screenshot),
 the backends, tenants and errors tables filled from the admin API, the charts drawn from the
-history the gateway keeps (GET /api/history) and a refused reload's reason shown whole.
+history the gateway keeps (GET /api/history), a refused reload's reason shown whole, and the
+fleet of a cluster's replicas with its warnings (config drift, stale replicas, Redis down).
 
 docs/status-page.png, the screenshot the README shows, is made by scripts/status_page_shot.py."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import secrets
 import signal
+import socket
 import struct
 import time
 import zlib
@@ -24,12 +27,17 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+import redis
 import yaml
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from gateway import config as config_mod
 from gateway.admin.history import INTERVAL_ENV, History
+from gateway.cluster.fleet import REDIS_DOWN, config_digest
 from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
+from tests.support.fleet import cluster_name, put_replica
 from tests.support.peers import Gateway, Sink, free_port, run_gateway, wait_for_port
+from tests.support.redis import RedisServer
 
 TIMEOUT_MS = 15_000
 HISTORY_INTERVAL = 0.5  # seconds between two points of the charts (5 by default)
@@ -254,6 +262,11 @@ def test_status_page_shows_live_tail_and_backends(gateway: Setup, page: Page) ->
     expect(page.locator("#conn")).to_have_attribute("data-state", "ok")
     expect(page.locator("#tenants tbody tr")).to_have_count(2)
     expect(page.locator("#tail-tenant option")).to_have_text(["choose a tenant", "acme", "globex"])
+    # no cluster: the fleet is this process alone, with nothing to warn about
+    expect(page.locator("#fleet tbody tr")).to_have_count(1)
+    expect(page.locator("#fleet tbody tr[data-self]")).to_have_attribute("data-state", "live")
+    expect(page.locator("#fleet-summary")).to_have_text("no cluster configured: this process alone")
+    expect(page.locator("#fleet-warnings")).to_be_hidden()
 
     # The live tail of acme: spans sent now show up, newest on top; globex's do not.
     page.select_option("#tail-tenant", "acme")
@@ -461,3 +474,94 @@ def test_history_rates_and_bounds() -> None:
     assert snap["times"] == [1010.0, 1015.0, 1020.0]
     assert "acme" not in snap["tenants"]
     assert snap["tenants"]["globex"]["accepted_items"] == [None, 2.0, 2.0]
+
+
+# ---------------------------------------------------------------------------------------------
+# The fleet
+
+
+def test_status_page_shows_the_fleet(tmp_path: Path, page: Page) -> None:
+    """Two real replicas of one cluster, and two records written straight into their Redis: one
+    replica serving another config (drift) and one that stopped heartbeating (stale). Then Redis
+    goes away, and the page says quotas are local shares."""
+    drifting = "0123456789ab"
+    with RedisServer() as server, contextlib.ExitStack() as stack:
+        name = cluster_name()
+        cluster = {"redis": server.url, "name": name, "heartbeat_interval": "300ms"}
+        config = {
+            "backends": {"local": {"protocol": "file", "path": "./out"}},
+            "service_backends": ["local"],
+            "admin": {"api_key": ADMIN_KEY},
+            "cluster": {**cluster, "timeout": "200ms"},
+        }
+        one = stack.enter_context(run_gateway(tmp_path, config))
+        two = stack.enter_context(run_gateway(tmp_path, config))
+        ids = [f"{socket.gethostname()}:{gw.proc.pid}" for gw in (one, two)]
+        ours = config_digest(config_mod.load(tmp_path / f"gateway-{one.grpc_port}.yaml"))
+        db = redis.Redis.from_url(server.url, socket_timeout=5)
+        stack.callback(db.close)
+        now = time.time()
+        put_replica(
+            db, name, "peer-drift", seen=now + 60, digest=drifting,
+            queue_bytes=3 * 1024 * 1024, accepted=1234.5, version="9.9.8",
+        )  # fmt: skip
+        put_replica(db, name, "peer-gone", seen=now - 30, digest=ours)
+
+        page.goto(one.admin_url + "/#key=" + quote(ADMIN_KEY, safe=""))
+        expect(page.locator("#conn")).to_have_attribute("data-state", "ok")
+        rows = page.locator("#fleet tbody tr")
+        expect(rows).to_have_count(4)
+        expect(page.locator("#fleet-summary")).to_have_text(f"cluster {name}: 3 live, 1 stale")
+        # this replica first, marked; the others by id
+        expect(rows.first).to_have_attribute("data-replica", ids[0])
+        expect(rows.first).to_have_attribute("data-self", "")
+        expect(rows.first.locator("td.id")).to_contain_text("this")
+        me = page.locator(f'#fleet tr[data-replica="{ids[0]}"]')
+        expect(me.locator("td.digest")).to_have_text(ours)
+        expect(me.locator(".quota")).to_have_text("shared")
+        other = page.locator(f'#fleet tr[data-replica="{ids[1]}"]')
+        expect(other).to_have_attribute("data-state", "live")
+        expect(other.locator("td.listen")).to_have_text(
+            f"127.0.0.1:{two.grpc_port},127.0.0.1:{two.http_port}"
+        )
+        drift = page.locator('#fleet tr[data-replica="peer-drift"]')
+        expect(drift).to_have_attribute("data-drift", "")
+        expect(drift.locator("td.digest")).to_have_text(f"{drifting} drift")
+        expect(drift.locator("td.version")).to_have_text("9.9.8")
+        expect(drift.locator("td.queued")).to_have_text("3.0 MiB")
+        expect(drift.locator("td.accepted")).to_have_text("1.2k")
+        gone = page.locator('#fleet tr[data-replica="peer-gone"]')
+        expect(gone).to_have_attribute("data-state", "stale")
+        expect(gone.locator(".state")).to_have_text("stale")
+        expect(gone).not_to_have_attribute("data-drift", "")  # a stale replica does not drift
+        expect(page.locator("#fleet tbody tr[data-drift]")).to_have_count(1)
+
+        banner = page.locator("#fleet-warnings")
+        expect(banner).to_be_visible()
+        expect(banner).to_have_attribute("data-level", "warn")
+        expect(banner).to_have_attribute("data-drift", "true")
+        expect(banner).to_have_attribute("data-stale", "true")
+        expect(banner.locator("div")).to_have_count(2)
+        expect(banner.locator("div").first).to_contain_text(
+            f"config drift: 2 of 3 live replicas serve config {ours}"
+        )
+        expect(banner.locator("div").last).to_contain_text("1 stale replica")
+        expect(banner.locator("div").last).to_contain_text("peer-gone")
+        shot = page.locator("#fleet-panel").screenshot()
+        assert png_size(shot)[1] > 100 and png_distinct_bytes(shot) > 16, "the fleet looks blank"
+
+        # Redis gone: only what this replica knows of itself, and the fallback said
+        server.stop()
+        expect(banner).to_have_attribute("data-redis-down", "true")
+        expect(banner).to_have_attribute("data-level", "error")
+        expect(banner.locator("div")).to_have_count(1)
+        expect(banner).to_contain_text(REDIS_DOWN)
+        expect(rows).to_have_count(1)
+        expect(me.locator(".quota")).to_have_text("local")
+        expect(page.locator("#fleet-summary")).to_contain_text("Redis unreachable")
+
+        # back: the fleet is read again (the stopped Redis came back empty: the replicas'
+        # next heartbeats fill it)
+        server.start()
+        expect(banner).to_be_hidden(timeout=TIMEOUT_MS)
+        expect(rows).to_have_count(2)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
+import time
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
@@ -25,17 +26,21 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
+from gateway import __version__
 from gateway._gen.otlp_gateway.admin.v1 import admin_pb2 as pb
 from gateway._gen.otlp_gateway.admin.v1.admin_connect import AdminServiceASGIApplication
 from gateway.admin.health import GrpcHealth, HealthzEndpoint, Readiness, ReadyzEndpoint
 from gateway.admin.history import History, gateway_readings, interval_from_env, sum_by
 from gateway.analysis.tail import TailHub
+from gateway.cluster.fleet import LIVE, Fleet, FleetView, Replica, config_digest
+from gateway.cluster.link import replica_id
 from gateway.config import KEY_PREFIX, GatewayConfig
 from gateway.delivery.pipeline import Pipeline
 from gateway.ingress.guard import FailureLimiter, retry_after
 from gateway.ingress.intake import Intake
 from gateway.otlp import spans
 from gateway.telemetry import metrics
+from gateway.telemetry.periodic import Periodic
 from gateway.telemetry.recent import RecentErrors
 from gateway.tenancy import keys
 
@@ -100,6 +105,8 @@ class AdminAPI:
         pipeline: Pipeline,
         tail: TailHub,
         recent: RecentErrors,
+        *,
+        fleet: Fleet | None = None,
     ) -> None:
         self._config = config  # the config in use (it changes on reload)
         self._recent = recent
@@ -108,6 +115,19 @@ class AdminAPI:
         self._tail = tail
         self._failures = FailureLimiter()
         self.history = History(gateway_readings(intake, pipeline), interval_from_env())
+        self.fleet = fleet  # None without a `cluster` section: this process is the whole fleet
+        self._self_id = fleet.self_id if fleet is not None else replica_id()
+        self._started = time.time()
+        # a light read of the fleet every heartbeat interval, so the fleet gauges on /metrics
+        # stay current with no status page open; run on the event loop with the app's other
+        # periodic tasks (the admin listener has no lifespan of its own to start it in)
+        self.periodic: list[Periodic] = []
+        if fleet is not None:
+            self.periodic.append(Periodic("fleet-view", self._read_fleet, every=fleet.interval))
+
+    async def _read_fleet(self, final: bool) -> None:
+        if self.fleet is not None and not final:
+            await self.fleet.replicas()
 
     def start(self) -> None:
         """Keep the charts' history from now on, if the admin listener (its only reader) is on."""
@@ -263,6 +283,53 @@ class AdminAPI:
             ]
         )
 
+    async def list_replicas(
+        self, request: pb.ListReplicasRequest, ctx: RequestContext[Any, Any]
+    ) -> pb.ListReplicasResponse:
+        self._authorize(ctx)
+        config = self._config()
+        if self.fleet is None:
+            me = self._this_replica(config, "local")
+            return pb.ListReplicasResponse(
+                cluster=pb.Cluster(configured=False, redis_up=False),
+                replicas=[_replica_pb(me)],
+                fleet_config_digest=me.config_digest,
+            )
+        view = await self.fleet.replicas()
+        replicas = list(view.replicas)
+        if not any(r.is_self for r in replicas):
+            # Redis is down, or this replica has not written its first heartbeat yet: it is
+            # known here all the same
+            me = self._this_replica(config, view.quota_mode)
+            drift = bool(view.fleet_digest) and me.config_digest != view.fleet_digest
+            replicas.insert(0, dataclasses.replace(me, drift=drift))
+        return pb.ListReplicasResponse(
+            cluster=_cluster_pb(view),
+            replicas=[_replica_pb(r) for r in replicas],
+            fleet_config_digest=view.fleet_digest,
+            not_listed=view.not_listed,
+            warnings=view.warnings(),
+        )
+
+    def _this_replica(self, config: GatewayConfig, quota_mode: str) -> Replica:
+        """This process's row, from what it knows itself (its rates: the charts' last point)."""
+        history = self.history.snapshot()
+        return Replica(
+            id=self._self_id,
+            listen=",".join(config.listen),
+            admin=config.admin.listen or "",
+            version=__version__,
+            config_digest=config_digest(config),
+            started=self._started,
+            seen=time.time(),
+            queue_bytes=sum(r.bytes for r in self._pipeline.queue_readings()),
+            accepted_per_second=_latest(history["tenants"], "accepted_items"),
+            refused_per_second=_latest(history["tenants"], "refused_requests"),
+            quota_mode=quota_mode,
+            state=LIVE,
+            is_self=True,
+        )
+
     async def tail(
         self, request: pb.TailRequest, ctx: RequestContext[Any, Any]
     ) -> AsyncIterator[pb.TailResponse]:
@@ -296,6 +363,48 @@ _ROW_FIELDS = tuple(f.name for f in dataclasses.fields(spans.AccessRow))  # Acce
 
 def _row(tenant: str, row: spans.AccessRow) -> pb.AccessRow:
     return pb.AccessRow(tenant=tenant, **{name: getattr(row, name) for name in _ROW_FIELDS})
+
+
+_REPLICA_STATE = {LIVE: pb.REPLICA_STATE_LIVE}
+
+
+def _replica_pb(r: Replica) -> pb.Replica:
+    return pb.Replica(
+        id=r.id,
+        listen=r.listen,
+        admin=r.admin,
+        version=r.version,
+        config_digest=r.config_digest,
+        started=r.started,
+        seen=r.seen,
+        queue_bytes=r.queue_bytes,
+        accepted_per_second=r.accepted_per_second,
+        refused_per_second=r.refused_per_second,
+        quota_mode=r.quota_mode,
+        state=_REPLICA_STATE.get(r.state, pb.REPLICA_STATE_STALE),
+        is_self=r.is_self,
+        drift=r.drift,
+    )
+
+
+def _cluster_pb(view: FleetView) -> pb.Cluster:
+    return pb.Cluster(
+        configured=True,
+        name=view.name,
+        redis_up=view.redis_up,
+        redis_down_since=view.redis_down_since or 0.0,
+        last_error=view.last_error,
+        heartbeat_interval_seconds=view.heartbeat_interval,
+    )
+
+
+def _latest(group: dict[str, dict[str, list[float | None]]], series: str) -> float:
+    """The sum over a chart group's names of each one's last point of `series`."""
+    total = 0.0
+    for values in group.values():
+        points = values.get(series) or []
+        total += next((v for v in reversed(points) if v is not None), 0.0)
+    return total
 
 
 async def _metrics(request: Request) -> Response:

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TextIO
 
+from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 
 from gateway._gen.otlp_gateway.admin.v1 import admin_pb2 as pb
@@ -85,6 +86,7 @@ def status(url: str, key: str | None, out: TextIO = sys.stdout) -> int:
         backends = client.list_backends(pb.ListBackendsRequest(), headers=headers).backends
         tenants = client.list_tenants(pb.ListTenantsRequest(), headers=headers)
         errors = client.list_recent_errors(pb.ListRecentErrorsRequest(), headers=headers).errors
+        fleet = _replicas(client, headers)
     except ConnectError as exc:
         print(
             f"otlp-gateway: the admin API at {url} said: {exc.code.value}: {exc.message}",
@@ -146,7 +148,59 @@ def status(url: str, key: str | None, out: TextIO = sys.stdout) -> int:
         who = " ".join(x for x in (e.tenant, e.backend, e.signal) if x)
         out.write(f"\n  {when} {e.kind} {who}: {e.message}")
     out.write("\n")
+    if fleet is not None:
+        out.write("\n")
+        _fleet(fleet, out)
     return 0
+
+
+def _replicas(
+    client: AdminServiceClientSync, headers: dict[str, str]
+) -> pb.ListReplicasResponse | None:
+    """The fleet; None from a gateway too old to know ListReplicas."""
+    try:
+        return client.list_replicas(pb.ListReplicasRequest(), headers=headers)
+    except ConnectError as exc:
+        if exc.code == Code.UNIMPLEMENTED:
+            return None
+        raise
+
+
+_REPLICA_STATE = {pb.REPLICA_STATE_LIVE: "live", pb.REPLICA_STATE_STALE: "STALE"}
+
+
+def _rate(v: float) -> str:
+    return f"{v:.0f}" if v >= 10 or v == int(v) else f"{v:.1f}"
+
+
+def _fleet(fleet: pb.ListReplicasResponse, out: TextIO) -> None:
+    """One row per replica, then a line for each thing to look at (Redis, drift, stale)."""
+    c = fleet.cluster
+    if not c.configured:
+        out.write("fleet: no cluster configured (this process alone; quotas are its own)\n")
+    else:
+        live = sum(1 for r in fleet.replicas if r.state == pb.REPLICA_STATE_LIVE)
+        stale = len(fleet.replicas) - live
+        redis = "Redis up" if c.redis_up else "REDIS DOWN"
+        more = f", {fleet.not_listed} more not listed" if fleet.not_listed else ""
+        out.write(f"fleet: cluster {c.name!r}, {redis}, {live} live, {stale} stale{more}\n")
+    rows = [["REPLICA", "STATE", "VERSION", "CONFIG", "QUEUE", "ACCEPTED/S", "REFUSED/S", "QUOTAS"]]
+    for r in fleet.replicas:
+        rows.append(
+            [
+                logs.escape(r.id) + (" (this)" if r.is_self else ""),
+                _REPLICA_STATE.get(r.state, "?"),
+                logs.escape(r.version) or "-",
+                (logs.escape(r.config_digest) or "-") + (" DRIFT" if r.drift else ""),
+                _size(r.queue_bytes),
+                _rate(r.accepted_per_second),
+                _rate(r.refused_per_second),
+                logs.escape(r.quota_mode) or "-",
+            ]
+        )
+    _table(rows, out)
+    for warning in fleet.warnings:
+        out.write(f"WARNING: {logs.escape(warning)}\n")
 
 
 def format_row(row: pb.AccessRow) -> str:

@@ -78,3 +78,15 @@ class ClusterLink:
     async def close(self) -> None:
         with contextlib.suppress(RedisError, OSError):  # a connection that is already gone
             await self.client.aclose()
+
+
+async def cancel(task: asyncio.Task[object] | None) -> None:
+    """Cancel `task` and wait until it has ended. Asked again until it ends: on Python 3.11 a
+    cancellation that arrives as an inner asyncio.wait_for (every call to Redis) completes is
+    lost, and the task would run on."""
+    while task is not None and not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.1)
+    if task is not None and not task.cancelled():
+        with contextlib.suppress(BaseException):  # its outcome was logged where it happened
+            task.result()

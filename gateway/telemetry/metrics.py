@@ -297,3 +297,84 @@ def bind_app(
         INFLIGHT_BYTES.set_function(lambda: 0.0)
 
     return unbind
+
+
+# -- the fleet as this replica last read it from Redis (gateway/cluster/fleet.py) ------------
+
+FLEET_REPLICAS = Gauge(
+    _P + "fleet_replicas",
+    "Replicas of this cluster by state, as last read from Redis: live (heartbeat within 3 "
+    "heartbeat intervals) or stale (stopped heartbeating, record not yet expired).",
+    ["state"],
+    registry=REGISTRY,
+)
+FLEET_CONFIG_DRIFT = Gauge(
+    _P + "fleet_config_drift",
+    "1 when the live replicas serve more than one config (their config digests differ), else 0.",
+    registry=REGISTRY,
+)
+
+# -- shared quotas and the heartbeat (gateway/cluster/quota.py, registry.py) ----------------------
+
+CLUSTER_LEASES = Counter(
+    _P + "cluster_leases",
+    "Quota leases asked of Redis, by outcome: granted (all asked for), partial, empty (the "
+    "shared bucket was empty), returned (tokens an idle replica gave back), failed (Redis did "
+    "not answer).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterReading:
+    redis_up: bool
+    quota_fallback: bool  # quotas are this replica's local share, not the shared buckets
+    live_replicas: int
+
+
+class _ClusterCollector(Collector):
+    """Present only with `cluster` configured (a gateway without one has no Redis to be down)."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], ClusterReading] | None = None
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        if self.source is None:
+            return
+        r = self.source()
+        yield GaugeMetricFamily(
+            _P + "cluster_redis_up",
+            "1 while the cluster's Redis answers this replica within the timeout, else 0.",
+            value=1 if r.redis_up else 0,
+        )
+        yield GaugeMetricFamily(
+            _P + "cluster_quota_fallback",
+            "1 while tenant quotas are this replica's local share (quota / live replicas) "
+            "because Redis does not answer, 0 while they are shared through Redis.",
+            value=1 if r.quota_fallback else 0,
+        )
+        yield GaugeMetricFamily(
+            _P + "cluster_live_replicas",
+            "Replicas that heartbeated within 3 heartbeat intervals, as last read from Redis "
+            "(this one included); the fallback divides quotas by it.",
+            value=r.live_replicas,
+        )
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(())
+
+
+CLUSTER = _ClusterCollector()
+REGISTRY.register(CLUSTER)
+
+
+def bind_cluster(source: Callable[[], ClusterReading]) -> Callable[[], None]:
+    """Point the cluster gauges to this process's link, leases and heartbeat; returns what
+    unbinds them."""
+    CLUSTER.source = source
+
+    def unbind() -> None:
+        CLUSTER.source = None
+
+    return unbind

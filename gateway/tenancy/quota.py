@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 Clock = Callable[[], float]
+
+
+class Admits(Protocol):
+    """A tenant's quota: this process's buckets (Quota) or the fleet's (cluster/quota.py)."""
+
+    def admit(self, items: int, size: int) -> float: ...
 
 
 class TokenBucket:

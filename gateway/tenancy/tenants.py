@@ -2,7 +2,8 @@
 allowed signals, quota, drop rules, enrichment and routes.
 
 A TenantRegistry is built from one config and never changes; a reload builds a new one (keeping
-the quota buckets of tenants whose quota did not change) and swaps it in.
+the quota buckets of tenants whose quota did not change) and swaps it in. With `cluster`, quotas
+are the fleet's (gateway/cluster/quota.py), taken in leases from Redis.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 from collections.abc import Mapping
 
 from gateway.analysis.red import RedMetrics
+from gateway.cluster.quota import QuotaLeases, SharedQuota
 from gateway.config import DEFAULT_TENANT, GatewayConfig, TenantConfig
 from gateway.errors import (
     InvalidRequest,
@@ -27,7 +29,7 @@ from gateway.otlp.wire import WireError
 from gateway.tenancy import keys
 from gateway.tenancy.drop import DropFilter
 from gateway.tenancy.enrich import ResourceEnricher
-from gateway.tenancy.quota import Quota
+from gateway.tenancy.quota import Admits, Quota
 
 log = logging.getLogger("otlp_gateway.tenants")
 
@@ -53,7 +55,7 @@ class Tenant:
         config: TenantConfig,
         service_backends: tuple[str, ...],
         drop: DropFilter | None,
-        quota: Quota | None,
+        quota: Admits | None,
         red: RedMetrics | None = None,
     ) -> None:
         self.name = config.name
@@ -120,8 +122,17 @@ class Tenant:
 
 
 class TenantRegistry:
-    def __init__(self, config: GatewayConfig, previous: TenantRegistry | None = None) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        previous: TenantRegistry | None = None,
+        leases: QuotaLeases | None = None,  # shared quotas; a reload keeps the previous one's
+    ) -> None:
         self.open = config.tenants is None
+        if leases is None and previous is not None:
+            leases = previous.leases
+        self.leases: QuotaLeases | None = leases
+        shared: dict[str, SharedQuota] = {}
         global_rules = list(config.drop)
         old = previous.tenants if previous is not None else {}
         tenant_configs = (
@@ -134,14 +145,18 @@ class TenantRegistry:
         self._by_key: dict[str, Tenant] = {}  # keys that matched before: no hash to compute
         for name, tc in tenant_configs.items():
             rules = global_rules + list(tc.drop)
-            quota = None
+            quota: Admits | None = None
             q = tc.quota
             if q.items_per_second or q.bytes_per_second:
                 prev = old.get(name)
                 if prev is not None and prev.quota is not None and prev.config.quota == q:
                     quota = prev.quota  # unchanged by the reload: keep the bucket's state
+                elif self.leases is not None:
+                    quota = self.leases.quota(name, q)
                 else:
                     quota = Quota(q.items_per_second, q.bytes_per_second, q.burst_seconds)
+                if isinstance(quota, SharedQuota):
+                    shared[name] = quota
             red = None
             if tc.red_metrics is not None:
                 prev = old.get(name)
@@ -163,6 +178,8 @@ class TenantRegistry:
             self.tenants[name] = tenant
             for digest in tenant.digests:
                 self._by_digest[digest] = tenant
+        if self.leases is not None:
+            self.leases.track(shared)  # the pools to top up are this registry's from now on
 
     def authenticate(self, headers: Mapping[str, str], signal: Signal) -> Tenant:
         """The tenant a request's key belongs to; raises Unauthenticated / PermissionDenied."""

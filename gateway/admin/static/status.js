@@ -313,6 +313,64 @@ function renderErrors(resp) {
   $("#errors-empty").hidden = rows.length > 0;
 }
 
+// The fleet: every replica of the cluster as its heartbeat in Redis says (this process alone
+// without a `cluster` section), and a banner for what needs a look: Redis unreachable (quotas
+// fall back to local shares), config drift, replicas that stopped heartbeating.
+function renderFleet(resp) {
+  const panel = $("#fleet-panel");
+  const banner = $("#fleet-warnings");
+  if (!resp) {
+    // a gateway without ListReplicas
+    panel.hidden = true;
+    banner.hidden = true;
+    return;
+  }
+  panel.hidden = false;
+  const c = resp.cluster || {};
+  const replicas = resp.replicas || [];
+  const live = replicas.filter((r) => r.state === "REPLICA_STATE_LIVE").length;
+  const stale = replicas.length - live;
+  const notListed = num(resp.notListed);
+  $("#fleet-summary").textContent = c.configured
+    ? `cluster ${c.name || "default"}: ${live} live, ${stale} stale` +
+      (notListed ? `, ${fmtInt(notListed)} more not listed` : "") +
+      (c.redisUp ? "" : ", Redis unreachable")
+    : "no cluster configured: this process alone";
+  const now = Date.now() / 1000;
+  const rows = replicas.map((r) => {
+    const st = r.state === "REPLICA_STATE_LIVE" ? "live" : "stale";
+    const local = c.configured && r.quotaMode === "local";
+    return el(
+      "tr",
+      { "data-replica": r.id, "data-state": st, "data-drift": r.drift || null, "data-self": r.isSelf || null },
+      el("td", { class: "id mono" }, r.id, r.isSelf ? " " : null, r.isSelf ? el("span", { class: "pill kind", text: "this" }) : null),
+      el("td", {}, el("span", { class: "state pill " + (st === "live" ? "up" : "warn"), text: st })),
+      el("td", { class: "version", text: r.version || "" }),
+      el(
+        "td",
+        { class: "digest" },
+        el("span", { class: "mono", text: r.configDigest || "" }),
+        r.drift ? " " : null,
+        r.drift ? el("span", { class: "pill error", title: "the fleet serves " + (resp.fleetConfigDigest || "?"), text: "drift" }) : null,
+      ),
+      el("td", { class: "num queued", text: fmtBytes(r.queueBytes) }),
+      el("td", { class: "num accepted", text: fmtRate(r.acceptedPerSecond) }),
+      el("td", { class: "num refused", text: fmtRate(r.refusedPerSecond) }),
+      el("td", {}, el("span", { class: "quota pill" + (local ? " warn" : ""), text: r.quotaMode || "" })),
+      el("td", { class: "listen mono muted", text: r.listen || "" }),
+      el("td", { class: "num seen muted", text: num(r.seen) ? fmtAge(Math.max(0, now - num(r.seen))) + " ago" : "" }),
+    );
+  });
+  $("#fleet tbody").replaceChildren(...rows);
+  const warnings = resp.warnings || [];
+  banner.replaceChildren(...warnings.map((w) => el("div", { class: "warning", text: w })));
+  banner.dataset.level = c.configured && !c.redisUp ? "error" : "warn";
+  banner.dataset.redisDown = c.configured && !c.redisUp ? "true" : "false";
+  banner.dataset.drift = replicas.some((r) => r.drift) ? "true" : "false";
+  banner.dataset.stale = stale ? "true" : "false";
+  banner.hidden = warnings.length === 0;
+}
+
 // --------------------------------------------------------------------------------------------
 // Charts: the gateway samples its counters every few seconds and keeps the last points
 // (gateway/admin/history.py); the page draws them as SVG and fetches them again once a new
@@ -540,10 +598,14 @@ async function refresh() {
     return;
   }
   try {
-    const [tenants, backends, errors, verdict, history] = await Promise.all([
+    const [tenants, backends, errors, fleet, verdict, history] = await Promise.all([
       call("ListTenants"),
       call("ListBackends"),
       call("ListRecentErrors"),
+      call("ListReplicas").catch((e) => {
+        if (e.code === "unimplemented") return null; // an older gateway
+        throw e;
+      }),
       health(),
       historyDue() ? getJSON("/api/history") : null,
     ]);
@@ -556,6 +618,7 @@ async function refresh() {
     renderTenants(tenants);
     renderBackends(backends);
     renderErrors(errors);
+    renderFleet(fleet);
     setConn("ok", "connected");
     showMessage("");
     $("#updated").textContent = "updated " + fmtClock(Date.now());
@@ -739,6 +802,8 @@ document.addEventListener("DOMContentLoaded", () => {
     $("#tenants tbody").replaceChildren();
     $("#backends tbody").replaceChildren();
     $("#errors tbody").replaceChildren();
+    $("#fleet tbody").replaceChildren();
+    $("#fleet-warnings").hidden = true;
     clearCharts();
     clearTail();
   });

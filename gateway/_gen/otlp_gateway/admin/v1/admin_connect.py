@@ -29,6 +29,9 @@ class AdminService(Protocol):
     def tail(self, request: otlp__gateway_dot_admin_dot_v1_dot_admin__pb2.TailRequest, ctx: RequestContext) -> AsyncIterator[otlp__gateway_dot_admin_dot_v1_dot_admin__pb2.TailResponse]:
         raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
 
+    async def list_replicas(self, request: otlp__gateway_dot_admin_dot_v1_dot_admin__pb2.ListReplicasRequest, ctx: RequestContext) -> otlp__gateway_dot_admin_dot_v1_dot_admin__pb2.ListReplicasResponse:
+        raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
+
 
 class AdminServiceASGIApplication(ConnectASGIApplication[AdminService]):
     def __init__(self, service: AdminService | AsyncGenerator[AdminService], *, interceptors: Iterable[Interceptor]=(), read_max_bytes: int | None = None, compressions: Iterable[Compression] | None = None) -> None:
@@ -74,6 +77,16 @@ class AdminServiceASGIApplication(ConnectASGIApplication[AdminService]):
                         idempotency_level=IdempotencyLevel.UNKNOWN,
                     ),
                     function=svc.tail,
+                ),
+                "/otlp_gateway.admin.v1.AdminService/ListReplicas": Endpoint.unary(
+                    method=MethodInfo(
+                        name="ListReplicas",
+                        service_name="otlp_gateway.admin.v1.AdminService",
+                        input=otlp__gateway_dot_admin_dot_v1_dot_admin__pb2.ListReplicasRequest,
+                        output=otlp__gateway_dot_admin_dot_v1_dot_admin__pb2.ListReplicasResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=svc.list_replicas,
                 ),
             },
             interceptors=interceptors,
@@ -168,6 +181,26 @@ class AdminServiceClient(ConnectClient):
             timeout_ms=timeout_ms,
         )
 
+    async def list_replicas(
+        self,
+        request: otlp__gateway_dot_admin_dot_v1_dot_admin__pb2.ListReplicasRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None,
+        timeout_ms: int | None = None,
+    ) -> otlp__gateway_dot_admin_dot_v1_dot_admin__pb2.ListReplicasResponse:
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="ListReplicas",
+                service_name="otlp_gateway.admin.v1.AdminService",
+                input=otlp__gateway_dot_admin_dot_v1_dot_admin__pb2.ListReplicasRequest,
+                output=otlp__gateway_dot_admin_dot_v1_dot_admin__pb2.ListReplicasResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+
 
 class AdminServiceSync(Protocol):
     def list_tenants(self, request: otlp__gateway_dot_admin_dot_v1_dot_admin__pb2.ListTenantsRequest, ctx: RequestContext) -> otlp__gateway_dot_admin_dot_v1_dot_admin__pb2.ListTenantsResponse:
@@ -177,6 +210,8 @@ class AdminServiceSync(Protocol):
     def list_recent_errors(self, request: otlp__gateway_dot_admin_dot_v1_dot_admin__pb2.ListRecentErrorsRequest, ctx: RequestContext) -> otlp__gateway_dot_admin_dot_v1_dot_admin__pb2.ListRecentErrorsResponse:
         raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
     def tail(self, request: otlp__gateway_dot_admin_dot_v1_dot_admin__pb2.TailRequest, ctx: RequestContext) -> Iterator[otlp__gateway_dot_admin_dot_v1_dot_admin__pb2.TailResponse]:
+        raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
+    def list_replicas(self, request: otlp__gateway_dot_admin_dot_v1_dot_admin__pb2.ListReplicasRequest, ctx: RequestContext) -> otlp__gateway_dot_admin_dot_v1_dot_admin__pb2.ListReplicasResponse:
         raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
 
 
@@ -223,6 +258,16 @@ class AdminServiceWSGIApplication(ConnectWSGIApplication):
                         idempotency_level=IdempotencyLevel.UNKNOWN,
                     ),
                     function=service.tail,
+                ),
+                "/otlp_gateway.admin.v1.AdminService/ListReplicas": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="ListReplicas",
+                        service_name="otlp_gateway.admin.v1.AdminService",
+                        input=otlp__gateway_dot_admin_dot_v1_dot_admin__pb2.ListReplicasRequest,
+                        output=otlp__gateway_dot_admin_dot_v1_dot_admin__pb2.ListReplicasResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=service.list_replicas,
                 ),
             },
             interceptors=interceptors,
@@ -311,6 +356,26 @@ class AdminServiceClientSync(ConnectClientSync):
                 service_name="otlp_gateway.admin.v1.AdminService",
                 input=otlp__gateway_dot_admin_dot_v1_dot_admin__pb2.TailRequest,
                 output=otlp__gateway_dot_admin_dot_v1_dot_admin__pb2.TailResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+
+    def list_replicas(
+        self,
+        request: otlp__gateway_dot_admin_dot_v1_dot_admin__pb2.ListReplicasRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None,
+        timeout_ms: int | None = None,
+    ) -> otlp__gateway_dot_admin_dot_v1_dot_admin__pb2.ListReplicasResponse:
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="ListReplicas",
+                service_name="otlp_gateway.admin.v1.AdminService",
+                input=otlp__gateway_dot_admin_dot_v1_dot_admin__pb2.ListReplicasRequest,
+                output=otlp__gateway_dot_admin_dot_v1_dot_admin__pb2.ListReplicasResponse,
                 idempotency_level=IdempotencyLevel.UNKNOWN,
             ),
             headers=headers,

@@ -12,9 +12,18 @@ class BackendState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     BACKEND_STATE_UNSPECIFIED: _ClassVar[BackendState]
     BACKEND_STATE_UP: _ClassVar[BackendState]
     BACKEND_STATE_RETRYING: _ClassVar[BackendState]
+
+class ReplicaState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REPLICA_STATE_UNSPECIFIED: _ClassVar[ReplicaState]
+    REPLICA_STATE_LIVE: _ClassVar[ReplicaState]
+    REPLICA_STATE_STALE: _ClassVar[ReplicaState]
 BACKEND_STATE_UNSPECIFIED: BackendState
 BACKEND_STATE_UP: BackendState
 BACKEND_STATE_RETRYING: BackendState
+REPLICA_STATE_UNSPECIFIED: ReplicaState
+REPLICA_STATE_LIVE: ReplicaState
+REPLICA_STATE_STALE: ReplicaState
 
 class ListTenantsRequest(_message.Message):
     __slots__ = ()
@@ -184,3 +193,69 @@ class AccessRow(_message.Message):
     trace_id: str
     span_id: str
     def __init__(self, time_unix_nano: _Optional[int] = ..., tenant: _Optional[str] = ..., service: _Optional[str] = ..., span_name: _Optional[str] = ..., kind: _Optional[str] = ..., status: _Optional[str] = ..., status_message: _Optional[str] = ..., duration_ms: _Optional[float] = ..., http_method: _Optional[str] = ..., http_route: _Optional[str] = ..., http_status: _Optional[int] = ..., trace_id: _Optional[str] = ..., span_id: _Optional[str] = ...) -> None: ...
+
+class ListReplicasRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListReplicasResponse(_message.Message):
+    __slots__ = ("cluster", "replicas", "fleet_config_digest", "not_listed", "warnings")
+    CLUSTER_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    FLEET_CONFIG_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    NOT_LISTED_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    cluster: Cluster
+    replicas: _containers.RepeatedCompositeFieldContainer[Replica]
+    fleet_config_digest: str
+    not_listed: int
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, cluster: _Optional[_Union[Cluster, _Mapping]] = ..., replicas: _Optional[_Iterable[_Union[Replica, _Mapping]]] = ..., fleet_config_digest: _Optional[str] = ..., not_listed: _Optional[int] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Cluster(_message.Message):
+    __slots__ = ("configured", "name", "redis_up", "redis_down_since", "last_error", "heartbeat_interval_seconds")
+    CONFIGURED_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REDIS_UP_FIELD_NUMBER: _ClassVar[int]
+    REDIS_DOWN_SINCE_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    configured: bool
+    name: str
+    redis_up: bool
+    redis_down_since: float
+    last_error: str
+    heartbeat_interval_seconds: float
+    def __init__(self, configured: _Optional[bool] = ..., name: _Optional[str] = ..., redis_up: _Optional[bool] = ..., redis_down_since: _Optional[float] = ..., last_error: _Optional[str] = ..., heartbeat_interval_seconds: _Optional[float] = ...) -> None: ...
+
+class Replica(_message.Message):
+    __slots__ = ("id", "listen", "admin", "version", "config_digest", "started", "seen", "queue_bytes", "accepted_per_second", "refused_per_second", "quota_mode", "state", "is_self", "drift")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    LISTEN_FIELD_NUMBER: _ClassVar[int]
+    ADMIN_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    SEEN_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    QUOTA_MODE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    IS_SELF_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    listen: str
+    admin: str
+    version: str
+    config_digest: str
+    started: float
+    seen: float
+    queue_bytes: int
+    accepted_per_second: float
+    refused_per_second: float
+    quota_mode: str
+    state: ReplicaState
+    is_self: bool
+    drift: bool
+    def __init__(self, id: _Optional[str] = ..., listen: _Optional[str] = ..., admin: _Optional[str] = ..., version: _Optional[str] = ..., config_digest: _Optional[str] = ..., started: _Optional[float] = ..., seen: _Optional[float] = ..., queue_bytes: _Optional[int] = ..., accepted_per_second: _Optional[float] = ..., refused_per_second: _Optional[float] = ..., quota_mode: _Optional[str] = ..., state: _Optional[_Union[ReplicaState, str]] = ..., is_self: _Optional[bool] = ..., drift: _Optional[bool] = ...) -> None: ...
