@@ -27,7 +27,6 @@ import httpx
 import pytest
 import yaml
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExportResult
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -39,6 +38,7 @@ from tests.support.peers import (
     wait_ready,
     wait_until,
 )
+from tests.support.sdkspans import named_spans
 
 REPLICAS = 3
 
@@ -102,19 +102,6 @@ def accepted_calls(gw: Gateway) -> int:
     )
 
 
-_tracer = TracerProvider().get_tracer("balancer-test")
-
-
-def make_spans(prefix: str, n: int) -> list[ReadableSpan]:
-    spans: list[ReadableSpan] = []
-    for i in range(n):
-        span = _tracer.start_span(f"{prefix}-{i}")
-        span.end()
-        assert isinstance(span, ReadableSpan)  # the SDK's span
-        spans.append(span)
-    return spans
-
-
 def test_one_grpc_connection_is_spread_over_every_replica(
     fleet: tuple[list[Gateway], Balancer], sink: Sink
 ) -> None:
@@ -125,7 +112,7 @@ def test_one_grpc_connection_is_spread_over_every_replica(
     exporter = OTLPSpanExporter(endpoint=lb.endpoint, insecure=True, timeout=10)
     try:
         for i in range(calls):
-            assert exporter.export(make_spans(f"spread-{i}", 1)) == SpanExportResult.SUCCESS
+            assert exporter.export(named_spans(f"spread-{i}", 1)) == SpanExportResult.SUCCESS
     finally:
         exporter.shutdown()
     per_replica = [accepted_calls(gw) - b for gw, b in zip(gateways, before, strict=True)]
@@ -151,7 +138,7 @@ def test_a_stopping_replica_loses_no_acknowledged_span(
         try:
             i = 0
             while not stop.is_set():
-                spans = make_spans(f"steady-{i}", per_export)
+                spans = named_spans(f"steady-{i}", per_export)
                 names = [s.name for s in spans]
                 if exporter.export(spans) == SpanExportResult.SUCCESS:
                     acked.extend(names)

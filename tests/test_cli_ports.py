@@ -17,7 +17,8 @@ import httpx
 import pytest
 import yaml
 
-from tests.support.peers import Gateway, free_port, wait_ready
+from tests.support.cli import serve_flags
+from tests.support.peers import free_port
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -57,35 +58,6 @@ def config_file(tmp: Path, **extra: Any) -> dict[str, Any]:
     return config
 
 
-@contextlib.contextmanager
-def serving(tmp: Path, *args: str, admin: bool = True) -> Iterator[Gateway]:
-    """`serve ARGS --listen P1 --listen P2 --admin P3` (free ports; `--admin off` unless
-    `admin`)."""
-    grpc_port, http_port = free_port(), free_port()
-    admin_port = free_port() if admin else None
-    log_path = tmp / "serve.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "gateway", "serve", *args),
-                *("--listen", f"127.0.0.1:{grpc_port}", "--listen", f"127.0.0.1:{http_port}"),
-                *("--admin", f"127.0.0.1:{admin_port}" if admin_port else "off"),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=tmp,
-        )
-    gw = Gateway(proc, grpc_port, http_port, log_path, admin_port)
-    try:
-        try:
-            wait_ready(gw)
-        except TimeoutError:
-            raise RuntimeError(f"gateway did not start:\n{gw.log()}") from None
-        yield gw
-    finally:
-        gw.stop()
-
-
 def answers(address: str, path: str = "/healthz") -> bool:
     try:
         httpx.get(f"http://{address}{path}", timeout=1)
@@ -98,7 +70,7 @@ def answers(address: str, path: str = "/healthz") -> bool:
 def test_flags_replace_the_addresses(tmp_path: Path, source: str) -> None:
     config = config_file(tmp_path) if source == "config" else None
     args = ["--config", "gateway.yaml"] if config else ["--data-dir", "data"]
-    with serving(tmp_path, *args) as gw:
+    with serve_flags(tmp_path, *args) as gw:
         assert httpx.get(gw.admin_url + "/readyz", timeout=5).status_code == 200
         banner = gw.log()
         assert f"listening on 127.0.0.1:{gw.grpc_port}, 127.0.0.1:{gw.http_port}\n" in banner
@@ -110,7 +82,7 @@ def test_flags_replace_the_addresses(tmp_path: Path, source: str) -> None:
 
 def test_admin_off(tmp_path: Path) -> None:
     config = config_file(tmp_path)
-    with serving(tmp_path, "--config", "gateway.yaml", admin=False) as gw:
+    with serve_flags(tmp_path, "--config", "gateway.yaml", admin=False) as gw:
         assert not answers(config["admin"]["listen"])
         assert "Status page" not in gw.log()
 

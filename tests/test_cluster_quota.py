@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -39,13 +37,12 @@ from gateway.config.model import ClusterConfig, QuotaConfig
 from gateway.tenancy import keys
 from gateway.tenancy.tenants import TenantRegistry
 from tests.support.balancer import haproxy
+from tests.support.cli import serve_flags
 from tests.support.peers import (
     Gateway,
     Sink,
-    free_port,
     free_ports,
     run_gateway,
-    wait_ready,
     wait_until,
 )
 from tests.support.redis import RedisServer, redis_server
@@ -108,6 +105,33 @@ def test_three_holders_never_get_more_than_the_bucket_refills(redis_server: Redi
     assert sum(admitted) <= bound, (admitted, bound)
     assert sum(admitted) >= 0.9 * 1000 * 3.0, (admitted, bound)
     assert min(admitted) > 0.15 * sum(admitted), admitted  # every holder got a fair part
+
+
+def test_a_stopping_replica_gives_its_pool_back(redis_server: RedisServer) -> None:
+    config = cluster(redis_server)
+    quota = QuotaConfig(items_per_second=100, burst_seconds=10)  # refills slowly: 1,000 tokens
+
+    async def main() -> tuple[float, float, float]:
+        link = ClusterLink(config, "r0")
+        leases = QuotaLeases(link, lambda: 1)
+        q = leases.quota("acme", quota)
+        leases.track({"acme": q})
+        await leases.start()
+        try:
+            await offer([q], 0.5)  # demand: the pool leases ahead of it
+            (pool,) = q.pools()
+            held = pool.tokens
+            key = pool.key
+        finally:
+            await leases.stop()
+        left = pool.tokens
+        shared = float(await link.client.hget(key, "tokens") or 0)
+        await link.close()
+        return held, left, shared
+
+    held, left, shared = asyncio.run(main())
+    assert held >= 1 and left < 1, (held, left)
+    assert shared >= held, (shared, held)  # back in the shared bucket for the others
 
 
 def test_the_lease_script_grants_no_more_than_rate_by_time_plus_capacity(
@@ -410,36 +434,10 @@ def replicas(tmp: Path, config: dict[str, Any], n: int) -> Iterator[list[Gateway
     path = tmp / "fleet.yaml"
     path.write_text(yaml.safe_dump(config))
     with contextlib.ExitStack() as stack:
-        gws = [stack.enter_context(serve_file(tmp, path)) for _ in range(n)]
+        gws = [stack.enter_context(serve_flags(tmp, "--config", str(path))) for _ in range(n)]
         for gw in gws:
             assert wait_until(lambda gw=gw: live_replicas(gw.admin_url) == n, 20), gw.admin_url
         yield gws
-
-
-@contextlib.contextmanager
-def serve_file(tmp: Path, path: Path) -> Iterator[Gateway]:
-    grpc_port, http_port, admin_port = free_port(), free_port(), free_port()
-    log_path = tmp / f"serve-{http_port}.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "gateway", "serve", "--config", str(path)),
-                *("--listen", f"127.0.0.1:{grpc_port}", "--listen", f"127.0.0.1:{http_port}"),
-                *("--admin", f"127.0.0.1:{admin_port}"),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=tmp,
-        )
-    gw = Gateway(proc, grpc_port, http_port, log_path, admin_port)
-    try:
-        try:
-            wait_ready(gw)
-        except TimeoutError:
-            raise RuntimeError(f"gateway did not start:\n{gw.log()}") from None
-        yield gw
-    finally:
-        gw.stop()
 
 
 def live_replicas(admin_url: str) -> float:
@@ -504,11 +502,19 @@ def test_redis_frozen_killed_and_restarted_under_load(
             for url in admins:
                 assert wait_until(lambda url=url: fallback(url), 5), scrape(url)
             time.sleep(1)  # past each worker's fresh local burst
-            before = [accepted_items(url) for url in admins]
-            time.sleep(3)
-            down = [(accepted_items(url) - b) / 3 for url, b in zip(admins, before, strict=True)]
-            for rate in down:  # quota / 3 live replicas each
-                assert within(rate, QUOTA / 3, 0.75, 1.25), down
+            # 5 s, each worker timed on its own: a pool may hold up to a quarter of the burst
+            # (500) at either end of the window, +-100/s over 5 s
+            before = [(accepted_items(url), time.monotonic()) for url in admins]
+            time.sleep(5)
+            down = [
+                (accepted_items(url) - b) / (time.monotonic() - t)
+                for url, (b, t) in zip(admins, before, strict=True)
+            ]
+            # Each worker takes no more than its share (quota / 3 live replicas), and all keep
+            # serving. A worker may take less: the kernel spreads the clients' connections, and
+            # in 5 s one worker can be offered under its share.
+            assert all(0 < rate <= 1.25 * QUOTA / 3 for rate in down), down
+            assert within(sum(down), QUOTA, 0.6, 1.25), down
 
             redis_server.stop()  # killed while frozen: its buckets and records are gone
             time.sleep(1)

@@ -1263,11 +1263,16 @@ def test_kubernetes_drain_job(k8s: dict[tuple[str, str], dict[str, Any]], tmp_pa
     assert container["image"] == f"{image['newName']}:{image['newTag']}"
 
     # the command itself, with the paths made local
-    config = tmp_path / "gateway.yaml"
-    config.write_text(text)
-    local = [a.replace(DATA_DIR, str(tmp_path / "volume")) for a in args]
+    drain_locally(tmp_path, text, args, env)
+
+
+def drain_locally(tmp: Path, config_text: str, args: list[str], env: dict[str, str]) -> None:
+    """A drain job's own command, its volume and config made local, on an empty queue."""
+    config = tmp / "gateway.yaml"
+    config.write_text(config_text)
+    local = [a.replace(DATA_DIR, str(tmp / "volume")) for a in args]
     local[local.index("--config") + 1] = str(config)
-    (tmp_path / "volume" / "queue").mkdir(parents=True)
+    (tmp / "volume" / "queue").mkdir(parents=True)
     done = cli.run([sys.executable, "-m", "gateway", *local], timeout=60, env={**os.environ, **env})
     assert "nothing to drain" in done.stdout
 
@@ -1364,10 +1369,4 @@ def test_nomad_drain_job(nomad: dict[str, Any], tmp_path: Path) -> None:
     assert PurePosixPath(queue_dir).is_relative_to(task["volume_mount"][0]["destination"])
     assert task["config"][0]["image"] == "${var.image}"
 
-    config = tmp_path / "gateway.yaml"
-    config.write_text(text)
-    local = [a.replace(DATA_DIR, str(tmp_path / "volume")) for a in args]
-    local[local.index("--config") + 1] = str(config)
-    (tmp_path / "volume" / "queue").mkdir(parents=True)
-    done = cli.run([sys.executable, "-m", "gateway", *local], timeout=60, env={**os.environ, **env})
-    assert "nothing to drain" in done.stdout
+    drain_locally(tmp_path, text, args, env)

@@ -15,19 +15,17 @@ from typing import Any
 import yaml
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExportResult
 
 from gateway.delivery.batch import Batch
 from gateway.delivery.queues import DurableQueue
 from gateway.otlp.signals import BY_NAME
 from tests.support.peers import Sink, run_gateway
+from tests.support.sdkspans import named_spans
 
 EXPORTS = 20
 SPANS_PER_EXPORT = 10
 N = EXPORTS * SPANS_PER_EXPORT
-
-_tracer = TracerProvider().get_tracer("drain-test")
 
 
 def config_for(sink: Sink, queue: Path) -> dict[str, Any]:
@@ -38,16 +36,6 @@ def config_for(sink: Sink, queue: Path) -> dict[str, Any]:
     }
 
 
-def spans(prefix: str, n: int) -> list[ReadableSpan]:
-    out: list[ReadableSpan] = []
-    for i in range(n):
-        span = _tracer.start_span(f"{prefix}-{i}")
-        span.end()
-        assert isinstance(span, ReadableSpan)  # the SDK's span
-        out.append(span)
-    return out
-
-
 def leave_a_queue(tmp: Path, sink: Sink) -> Path:
     """A replica whose backend (`sink`, not running) is down acknowledges N spans, then is killed
     (SIGKILL): its queue directory, as the replica left it."""
@@ -56,7 +44,7 @@ def leave_a_queue(tmp: Path, sink: Sink) -> Path:
         exporter = OTLPSpanExporter(endpoint=gw.grpc_endpoint, insecure=True, timeout=10)
         try:
             for i in range(EXPORTS):
-                result = exporter.export(spans(f"left-{i}", SPANS_PER_EXPORT))
+                result = exporter.export(named_spans(f"left-{i}", SPANS_PER_EXPORT))
                 assert result == SpanExportResult.SUCCESS
         finally:
             exporter.shutdown()

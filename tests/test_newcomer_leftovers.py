@@ -4,6 +4,7 @@ told what to change; a worker that cannot start is started again less and less o
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import re
@@ -280,44 +281,17 @@ def test_a_worker_that_lived_a_while_starts_the_count_again(tmp_path: Path) -> N
 # (3) `serve --listen/--admin` kept across a reload; (4) config warnings in the log's format
 
 
-def serve_file(tmp_path: Path, config: dict[str, Any], *args: str) -> Any:
+def serve_file(
+    tmp_path: Path, config: dict[str, Any], *args: str
+) -> contextlib.AbstractContextManager[Gateway]:
     """`serve --config gateway.yaml ARGS --listen P1 --listen P2` (free ports), its output in a
     log file; a context manager of the Gateway."""
-    import contextlib
-    import subprocess
-    import sys
-
     import yaml
 
-    from tests.support.peers import free_port, wait_ready
+    from tests.support.cli import serve_flags
 
-    @contextlib.contextmanager
-    def running() -> Iterator[Gateway]:
-        (tmp_path / "gateway.yaml").write_text(yaml.safe_dump(config))
-        grpc_port, http_port = free_port(), free_port()
-        log_path = tmp_path / "serve.log"
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                [
-                    *(sys.executable, "-m", "gateway", "serve", "--config", "gateway.yaml"),
-                    *("--listen", f"127.0.0.1:{grpc_port}", "--listen", f"127.0.0.1:{http_port}"),
-                    *args,
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=tmp_path,
-            )
-        gw = Gateway(proc, grpc_port, http_port, log_path)
-        try:
-            try:
-                wait_ready(gw)
-            except TimeoutError:
-                raise RuntimeError(f"gateway did not start:\n{gw.log()}") from None
-            yield gw
-        finally:
-            gw.stop()
-
-    return running()
+    (tmp_path / "gateway.yaml").write_text(yaml.safe_dump(config))
+    return serve_flags(tmp_path, "--config", "gateway.yaml", *args, admin=None)
 
 
 def rewrite(tmp_path: Path, config: dict[str, Any]) -> None:

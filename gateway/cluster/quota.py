@@ -229,9 +229,17 @@ class QuotaLeases:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="quota-leases")
 
     async def stop(self) -> None:
+        """Stop the top-ups and give what the pools still hold back to the shared buckets (the
+        server has stopped taking requests), so the other replicas can use it."""
         await cancel(self._task)
         await cancel(self._probe)
         self._task = self._probe = None
+        if self.mode != SHARED:
+            return
+        held = [p for q in self.quotas.values() for p in q.pools() if p.tokens >= 1]
+        asks = [(p, float(-math.floor(p.tokens))) for p in held]
+        if asks and (grants := await self._lease(asks)) is not None:
+            self._grant(asks, grants)
 
     async def _run(self) -> None:
         while True:

@@ -15,7 +15,14 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.peers import ROOT, Gateway, free_port, wait_for_port, wait_until
+from tests.support.peers import (
+    ROOT,
+    Gateway,
+    free_port,
+    stop_process,
+    wait_for_port,
+    wait_until,
+)
 
 HAPROXY_CFG = ROOT / "deploy/haproxy/haproxy.cfg"
 
@@ -78,9 +85,4 @@ def haproxy(tmp: Path, gateways: list[Gateway]) -> Iterator[Balancer]:
         assert wait_until(all_up, timeout=10), (balancer.servers(), log_path.read_text())
         yield balancer
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc)

@@ -1,5 +1,6 @@
-"""Child processes of the tests: the `otlp-gateway serve` command with a config file and flags,
-and `run`, a command run to its end that fails the test with the child's output."""
+"""Child processes of the tests: the `otlp-gateway serve` command with a config file and flags
+(`serve`) or with address flags (`serve_flags`), and `run`, a command run to its end that fails
+the test with the child's output."""
 
 from __future__ import annotations
 
@@ -63,6 +64,36 @@ def serve(
     try:
         try:
             wait_ready(gw, tls=tls)
+        except TimeoutError:
+            raise RuntimeError(f"gateway did not start:\n{gw.log()}") from None
+        yield gw
+    finally:
+        gw.stop()
+
+
+@contextlib.contextmanager
+def serve_flags(tmp: Path, *args: str, admin: bool | None = True) -> Iterator[Gateway]:
+    """`serve ARGS --listen P1 --listen P2 [--admin P3 | off]` on free ports: `--admin` on a
+    free port (admin True), `off` (False), or not given (None: as ARGS or the config say)."""
+    grpc_port, http_port = free_port(), free_port()
+    admin_port = free_port() if admin else None
+    flags = [] if admin is None else ["--admin", f"127.0.0.1:{admin_port}" if admin else "off"]
+    log_path = tmp / f"serve-{http_port}.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "gateway", "serve", *args),
+                *("--listen", f"127.0.0.1:{grpc_port}", "--listen", f"127.0.0.1:{http_port}"),
+                *flags,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=tmp,
+        )
+    gw = Gateway(proc, grpc_port, http_port, log_path, admin_port)
+    try:
+        try:
+            wait_ready(gw)
         except TimeoutError:
             raise RuntimeError(f"gateway did not start:\n{gw.log()}") from None
         yield gw
