@@ -43,6 +43,7 @@ class ClusterLink:
             retry_on_timeout=False,
         )
         self.up = False  # until the first call answers
+        self.answered = False  # ever: the first answer is not a recovery
         self.down_since: float | None = time.time()
         self.last_error = "not connected yet"
 
@@ -59,7 +60,9 @@ class ClusterLink:
         if not self.up:
             self.up = True
             self.down_since = None
-            log.info("cluster %s: Redis answers; quotas are shared again", self.config.name)
+            again = " again" if self.answered else ""
+            self.answered = True
+            log.info("cluster %s: Redis answers; quotas are shared%s", self.config.name, again)
         return result
 
     def _down(self, exc: BaseException) -> None:
