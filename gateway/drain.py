@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.config import BackendConfig, GatewayConfig, QueueConfig
+from gateway.config.reader import seconds
 from gateway.delivery.pipeline import Destination, make_queue
 from gateway.delivery.queues import DurableQueue
 from gateway.delivery.spool import QUARANTINE_DIR, SpoolError, count_quarantined
@@ -30,7 +31,6 @@ from gateway.telemetry.recent import RecentErrors
 log = logging.getLogger("otlp_gateway.drain")
 
 WORKER_DIR = re.compile(r"^worker-(\d+)$")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$", re.IGNORECASE)
 
 
 class DrainError(Exception):
@@ -43,13 +43,11 @@ class DrainError(Exception):
 
 
 def duration(text: str) -> float:
-    """Seconds from `5m`, `30s`, `500ms`, `1h` or a number of seconds (argparse's type)."""
-    m = _DURATION.match(text)
-    if not m or float(m.group(1)) <= 0:
+    """Seconds from `5m`, `30s`, `500ms`, `1h` or a number of seconds (--timeout)."""
+    result = seconds(text)
+    if result is None or result <= 0:
         raise ValueError(f"--timeout must be a duration such as 30s or 5m, got {text!r}")
-    return (
-        float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[(m.group(2) or "s").lower()]
-    )
+    return result
 
 
 @dataclass(frozen=True)

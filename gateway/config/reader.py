@@ -23,6 +23,13 @@ from gateway.config.model import (
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$", re.IGNORECASE)
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def seconds(text: str) -> float | None:
+    """A duration's seconds (`500ms`, `10s`, `5m`, `1h`, `30`), or None when `text` is none."""
+    m = _DURATION.match(text)
+    return None if m is None else float(m.group(1)) * _UNIT_SECONDS[(m.group(2) or "s").lower()]
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,11 +296,10 @@ class _Section(Generic[T]):
         value = self.data.get(key, default)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
             return float(value)
-        m = _DURATION.match(str(value))
-        if not m:
+        result = seconds(str(value))
+        if result is None:
             raise self.error(key, f"must be a duration such as 10s, 500ms or 5m, got {value!r}")
-        factor = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[(m.group(2) or "s").lower()]
-        return float(m.group(1)) * factor
+        return result
 
     def rate(self, key: str) -> float | None:
         """A positive number per second, or None when the key is absent."""
