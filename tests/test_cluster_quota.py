@@ -18,14 +18,17 @@ import contextlib
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 import yaml
+from google.rpc import error_details_pb2, status_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.cluster.fleet import Fleet
@@ -38,6 +41,7 @@ from gateway.tenancy import keys
 from gateway.tenancy.tenants import TenantRegistry
 from tests.support.balancer import haproxy
 from tests.support.cli import serve_flags
+from tests.support.grpcwire import TRACE_RPC
 from tests.support.peers import (
     Gateway,
     Sink,
@@ -451,6 +455,41 @@ def within(accepted: float, expected: float, low: float = 0.9, high: float = 1.1
     return low * expected <= accepted <= high * expected
 
 
+def grpc_calls(port: int, body: bytes, n: int) -> tuple[int, dict[str, int]]:
+    """`n` gRPC Export calls of `body` (SPANS spans), 50 ms apart, on one channel: the spans
+    acknowledged and the status codes seen; each refusal must carry a RetryInfo delay."""
+    accepted, codes = 0, Counter[str]()
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_unary(TRACE_RPC)
+        for _ in range(n):
+            try:
+                call(body, metadata=list(bearer(KEY).items()), timeout=10)
+            except grpc.RpcError as exc:
+                code = exc.code()
+                assert code is not None
+                codes[code.name] += 1
+                if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    assert retry_delay(exc) > 0, exc
+            else:
+                codes["OK"] += 1
+                accepted += SPANS
+            time.sleep(0.05)
+    return accepted, dict(codes)
+
+
+def retry_delay(error: grpc.RpcError) -> float:
+    """The RetryInfo delay in a gRPC error's status details (seconds; 0 when there is none)."""
+    trailers = dict(error.trailing_metadata() or ())
+    raw = trailers.get("grpc-status-details-bin")
+    if raw is None:
+        return 0.0
+    for detail in status_pb2.Status.FromString(raw).details:
+        info = error_details_pb2.RetryInfo()
+        if detail.Unpack(info):
+            return float(info.retry_delay.ToTimedelta().total_seconds())
+    return 0.0
+
+
 def test_workers_and_separate_processes_hold_one_quota(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
@@ -467,7 +506,16 @@ def test_workers_and_separate_processes_hold_one_quota(
         load_w = Load([gw.http_endpoint], simple_spans("w", SPANS))
         load_s = Load([lb.endpoint], simple_spans("s", SPANS))
         with load_w.running(), load_s.running():
-            time.sleep(20)
+            time.sleep(10)
+            # gRPC through HAProxy meanwhile: refused with RESOURCE_EXHAUSTED + RetryInfo
+            grpc_accepted, codes = grpc_calls(lb.port, simple_spans("g", SPANS), 20)
+            with load_s._lock:
+                load_s.accepted += grpc_accepted
+            time.sleep(max(0.0, load_s.started + 20 - time.monotonic()))
+        assert codes.get("RESOURCE_EXHAUSTED", 0) > 0 and set(codes) <= {
+            "OK",
+            "RESOURCE_EXHAUSTED",
+        }, codes
         for load, sink, urls in (
             (load_w, sink_w, admins),
             (load_s, sink_s, [g.admin_url for g in gws]),
