@@ -522,7 +522,7 @@ def test_status_page_shows_the_fleet(tmp_path: Path, page: Page) -> None:
         other = page.locator(f'#fleet tr[data-replica="{ids[1]}"]')
         expect(other).to_have_attribute("data-state", "live")
         expect(other.locator("td.listen")).to_have_text(
-            f"127.0.0.1:{two.grpc_port},127.0.0.1:{two.http_port}"
+            f"127.0.0.1:{two.grpc_port}, 127.0.0.1:{two.http_port}"
         )
         drift = page.locator('#fleet tr[data-replica="peer-drift"]')
         expect(drift).to_have_attribute("data-drift", "")

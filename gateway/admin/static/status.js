@@ -357,7 +357,7 @@ function renderFleet(resp) {
       el("td", { class: "num accepted", text: fmtRate(r.acceptedPerSecond) }),
       el("td", { class: "num refused", text: fmtRate(r.refusedPerSecond) }),
       el("td", {}, el("span", { class: "quota pill" + (local ? " warn" : ""), text: r.quotaMode || "" })),
-      el("td", { class: "listen mono muted", text: r.listen || "" }),
+      el("td", { class: "listen mono muted", text: (r.listen || "").split(",").join(", ") }),
       el("td", { class: "num seen muted", text: num(r.seen) ? fmtAge(Math.max(0, now - num(r.seen))) + " ago" : "" }),
     );
   });
