@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,20 +15,10 @@ import httpx
 import pytest
 import yaml
 
-from tests.support.cli import serve_flags
+from tests.support.cli import run_cli, serve_flags
 from tests.support.peers import free_port
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def run_cli(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", *args],
-        capture_output=True,
-        text=True,
-        cwd=tmp,
-        timeout=60,
-    )
 
 
 @contextlib.contextmanager

@@ -22,7 +22,7 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
 )
 
 from gateway.tenancy import keys
-from tests.support.cli import serve
+from tests.support.cli import run_cli, serve
 from tests.support.peers import Sink, send_spans, wait_until
 
 # Variables of the machine that the HTTP exporter (requests) would prefer over its CA file.
@@ -32,16 +32,6 @@ FILES: dict[str, Any] = {
     "backends": {"files": {"protocol": "file", "path": "./otlp-data"}},
     "service_backends": ["files"],
 }
-
-
-def run_cli(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", *args],
-        capture_output=True,
-        text=True,
-        cwd=tmp,
-        timeout=60,
-    )
 
 
 @pytest.fixture(scope="module")

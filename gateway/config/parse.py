@@ -259,13 +259,18 @@ def _cluster(top: _Section[Any]) -> ClusterConfig | None:
             "must be a redis://[:password@]host:port/db, rediss:// or unix:// URL; "
             f"got one starting {url.partition(':')[0][:16]!r}",
         )
-    name: str = s.get("name")
+    return s.read(redis=url, name=_name(s, "name"))
+
+
+def _name(s: _Section[Any], key: str) -> str:
+    """A key whose value is a name as tenants' are (it goes into keys, labels, headers)."""
+    name: str = s.get(key)
     if not _TENANT_NAME.match(name):
         raise s.error(
-            "name",
+            key,
             f"must be a name of letters, digits, '.', '_' and '-' (at most 63); got {name!r}",
         )
-    return s.read(redis=url, name=name)
+    return name
 
 
 def _self_telemetry(
@@ -280,13 +285,7 @@ def _self_telemetry(
             "backend",
             f"no backend named {backend!r}; defined backends: {', '.join(backends) or 'none'}",
         )
-    tenant: str = s.get("tenant")
-    if not _TENANT_NAME.match(tenant):
-        raise s.error(
-            "tenant",
-            f"must be a name of letters, digits, '.', '_' and '-' (at most 63); got {tenant!r}",
-        )
-    config = s.read(backend=backend, tenant=tenant)
+    config = s.read(backend=backend, tenant=_name(s, "tenant"))
     _check_interval(s, "interval", config.interval)
     return config
 

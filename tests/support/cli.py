@@ -101,6 +101,17 @@ def serve_flags(tmp: Path, *args: str, admin: bool | None = True) -> Iterator[Ga
         gw.stop()
 
 
+def run_cli(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m gateway ARGS` in `tmp`, run to its end (60 s at most), its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp,
+        timeout=60,
+    )
+
+
 def run(args: Sequence[str], *, timeout: float, **kwargs: Any) -> subprocess.CompletedProcess[str]:
     """`subprocess.run(args)` to its end, its output captured as text. A non-zero exit or a
     timeout fails the test with the end of the child's stdout and stderr: a bare
