@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -31,11 +29,10 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.balancer import Balancer, haproxy
+from tests.support.cli import spawn_serve, wait_started
 from tests.support.peers import (
     Gateway,
     Sink,
-    free_port,
-    wait_ready,
     wait_until,
 )
 from tests.support.sdkspans import named_spans
@@ -58,25 +55,10 @@ def replicas(tmp: Path, sink: Sink, n: int) -> Iterator[list[Gateway]]:
     )
     gateways: list[Gateway] = []
     try:
-        for i in range(n):
-            port, admin = free_port(), free_port()
-            log_path = tmp / f"replica-{i + 1}.log"
-            with open(log_path, "wb") as log:
-                proc = subprocess.Popen(
-                    [
-                        *(sys.executable, "-m", "gateway", "serve", "--config", str(config)),
-                        *("--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{admin}"),
-                    ],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    cwd=tmp,
-                )
-            gateways.append(Gateway(proc, port, port, log_path, admin))
+        for _ in range(n):
+            gateways.append(spawn_serve(tmp, "--config", str(config)))
         for gw in gateways:  # started together, waited for in turn
-            try:
-                wait_ready(gw)
-            except TimeoutError:
-                raise RuntimeError(f"replica did not start:\n{gw.log()}") from None
+            wait_started(gw)
         yield gateways
     finally:
         for gw in gateways:

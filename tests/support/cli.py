@@ -71,10 +71,10 @@ def serve(
         gw.stop()
 
 
-@contextlib.contextmanager
-def serve_flags(tmp: Path, *args: str, admin: bool | None = True) -> Iterator[Gateway]:
-    """`serve ARGS --listen P1 --listen P2 [--admin P3 | off]` on free ports: `--admin` on a
-    free port (admin True), `off` (False), or not given (None: as ARGS or the config say)."""
+def spawn_serve(tmp: Path, *args: str, admin: bool | None = True) -> Gateway:
+    """`serve ARGS --listen P1 --listen P2 [--admin P3 | off]` on free ports, started and not
+    waited for: `--admin` on a free port (admin True), `off` (False), or not given (None: as
+    ARGS or the config say)."""
     grpc_port, http_port = free_port(), free_port()
     admin_port = free_port() if admin else None
     flags = [] if admin is None else ["--admin", f"127.0.0.1:{admin_port}" if admin else "off"]
@@ -90,12 +90,23 @@ def serve_flags(tmp: Path, *args: str, admin: bool | None = True) -> Iterator[Ga
             stderr=subprocess.STDOUT,
             cwd=tmp,
         )
-    gw = Gateway(proc, grpc_port, http_port, log_path, admin_port)
+    return Gateway(proc, grpc_port, http_port, log_path, admin_port)
+
+
+def wait_started(gw: Gateway) -> None:
+    """Until the gateway answers; its output in the error when it does not."""
     try:
-        try:
-            wait_ready(gw)
-        except TimeoutError:
-            raise RuntimeError(f"gateway did not start:\n{gw.log()}") from None
+        wait_ready(gw)
+    except TimeoutError:
+        raise RuntimeError(f"gateway did not start:\n{gw.log()}") from None
+
+
+@contextlib.contextmanager
+def serve_flags(tmp: Path, *args: str, admin: bool | None = True) -> Iterator[Gateway]:
+    """spawn_serve, waited for, stopped at the end."""
+    gw = spawn_serve(tmp, *args, admin=admin)
+    try:
+        wait_started(gw)
         yield gw
     finally:
         gw.stop()
